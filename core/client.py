@@ -1,0 +1,259 @@
+"""The Client: builds the pipeline from config and plugins, and runs requests through it.
+
+>>> client = Client(config={"providers": {"local": {"kind": "openai_compatible",
+...                                                  "api_base": "http://127.0.0.1:8000/v1"}}})
+>>> client.complete("Say hi", model="local/llama3").text  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from time import perf_counter
+from typing import Any
+
+from . import portal
+from .config import Config, load_config, validate_section
+from .errors import (
+    ConfigurationError,
+    ModelwireError,
+    ProviderError,
+    RequestValidationError,
+    UnknownProviderError,
+)
+from .log import logger
+from .middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from .provider import CheckResult, Provider
+from .registry import Registry, build_registry
+from .stream import AsyncStream, SyncStream
+from .types import Chunk, Completion, Request
+from .validate import check_serializable, normalize_messages
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Entry point of modelwire.
+
+    :param config: a dict shaped like ``modelwire.toml``, a path to such a file, or None to read
+        ``MODELWIRE_CONFIG`` / ``./modelwire.toml`` / defaults.
+    :param plugins: extra plugin objects or module names, registered after the built-ins and
+        entry points (handy in tests and apps that ship their own middleware).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        plugins: tuple[object, ...] | list[object] = (),
+    ) -> None:
+        self.config: Config = load_config(config)
+        self.registry: Registry = build_registry(plugins, self.config.disable_plugins)
+        self.hook: Any = self.registry.pm.hook
+        self.providers: dict[str, Provider] = {
+            name: self._make_provider(name, raw) for name, raw in self.config.providers.items()
+        }
+        self._lock = threading.Lock()
+        sections = self._plugin_sections()
+        context = MiddlewareContext(self.hook, self.providers)
+        self.middleware: list[Middleware] = [
+            self.registry.middleware[name](sections.get(name), context) for name in self._middleware_names()
+        ]
+        self.hook.modelwire_configure.call_historic(kwargs={"config": self.config})
+        call: CallNext = self._attempt
+        call_stream: CallNextStream = self._attempt_stream
+        for mw in reversed(self.middleware):
+            call = functools.partial(mw.ahandle, call_next=call)
+            call_stream = functools.partial(mw.ahandle_stream, call_next=call_stream)
+        self._call, self._call_stream = call, call_stream
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _make_provider(self, name: str, raw: dict[str, Any]) -> Provider:
+        kind = raw.get("kind") or (name if name in self.registry.providers else None)
+        if kind not in self.registry.providers:
+            known = ", ".join(sorted(self.registry.providers))
+            what = f"kind {kind!r} is not registered" if kind else "has no 'kind' and its name is not a provider kind"
+            raise UnknownProviderError(
+                f"provider '{name}' {what} (registered kinds: {known})" + self.registry.failure_hint()
+            )
+        cls: type[Provider] = self.registry.providers[kind]
+        config = validate_section(cls.Config, {**raw, "kind": kind}, f"providers.{name}")
+        return cls(name, config)
+
+    def _middleware_names(self) -> list[str]:
+        names = self.config.middleware
+        for name in names:
+            if name not in self.registry.middleware:
+                known = ", ".join(sorted(self.registry.middleware)) or "none"
+                raise ConfigurationError(
+                    f"config key 'middleware': {name!r} is not a registered middleware (registered: {known})"
+                    + self.registry.failure_hint()
+                )
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"config key 'middleware': a name is listed twice in {names}")
+        return names
+
+    def _plugin_sections(self) -> dict[str, Any]:
+        validated: dict[str, Any] = {}
+        for name, cls in self.registry.middleware.items():
+            model = getattr(cls, "Config", None)
+            if model is not None:
+                validated[name] = validate_section(model, self.config.sections.get(name, {}), name)
+        for key in self.config.sections:
+            if key not in validated:
+                known = sorted({*validated, "middleware", "default_model", "providers", "disable_plugins"})
+                raise ConfigurationError(
+                    f"unknown config key '{key}' (known keys: {', '.join(known)})" + self.registry.failure_hint()
+                )
+        return validated
+
+    def provider(self, name: str) -> Provider:
+        """The provider instance ``name``; a registered kind not in the config gets defaults."""
+        provider = self.providers.get(name)
+        if provider is not None:
+            return provider
+        if name not in self.registry.providers:
+            known = ", ".join(sorted({*self.providers, *self.registry.providers}))
+            raise UnknownProviderError(
+                f"unknown provider '{name}': configure [providers.{name}] or use one of: {known}"
+                + self.registry.failure_hint(),
+                provider=name,
+            )
+        with self._lock:
+            return self.providers.setdefault(name, self._make_provider(name, {}))
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def request(
+        self,
+        prompt: Any,
+        *,
+        model: str | None = None,
+        stream: bool = False,
+        options: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> Request:
+        """Build and validate a :class:`Request`; every problem is raised here, before any I/O."""
+        model = model or self.config.default_model
+        if not model:
+            raise RequestValidationError("no model given and no default_model configured")
+        name, _, model_name = model.partition("/")
+        if not name or not model_name:
+            raise UnknownProviderError(
+                f"model {model!r} must be addressed as 'provider/model' (e.g. 'openai/gpt-4o', 'azure/<deployment>')",
+                model=model,
+            )
+        provider = self.provider(name)
+        messages = normalize_messages(prompt)
+        if options is not None and not isinstance(options, dict):
+            raise RequestValidationError(f"options must be a dict keyed by middleware name, got {type(options).__name__}")
+        check_serializable(messages, params)
+        request = Request(name, model_name, messages, params, stream, options or {})
+        prepare = getattr(provider, "prepare", None)
+        if prepare is not None:
+            prepare(request)
+        self.hook.modelwire_request_prepare(request=request)
+        return request
+
+    async def acomplete(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> Completion:
+        """Complete ``prompt`` (a string or OpenAI-style messages) with ``model``.
+
+        Extra keyword arguments are provider parameters (``temperature``, ``max_tokens``,
+        ``tools``...) except ``options``, per-call middleware settings keyed by middleware name.
+        """
+        return await self._complete_prepared(self.request(prompt, model=model, **kwargs))
+
+    def complete(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> Completion:
+        """Blocking :meth:`acomplete`; safe from threads and from inside a running event loop."""
+        request = self.request(prompt, model=model, **kwargs)  # errors surface in the caller's thread
+        return portal.run(self._complete_prepared(request))
+
+    async def _complete_prepared(self, request: Request) -> Completion:
+        start = perf_counter()
+        try:
+            response = await self._call(request)
+        except ModelwireError:
+            raise
+        except Exception as exc:
+            raise _internal(exc, request) from exc
+        self.notify(self.hook.modelwire_response_received, request=request, response=response, latency=perf_counter() - start)
+        return response
+
+    def astream(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> AsyncStream:
+        """Stream a completion: ``async for chunk in client.astream(...)``; see :class:`AsyncStream`."""
+        request = self.request(prompt, model=model, stream=True, **kwargs)
+        return AsyncStream(self, request, self._call_stream(request))
+
+    def stream(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> SyncStream:
+        """Blocking :meth:`astream`: a real stream, pulled chunk by chunk."""
+        return SyncStream(self.astream(prompt, model=model, **kwargs))
+
+    def check(self, provider: str) -> CheckResult:
+        """Check that ``provider`` is reachable and its credentials work; never raises for
+        network problems, it says what is wrong."""
+        try:
+            instance = self.provider(provider)
+        except ConfigurationError as exc:
+            return CheckResult(provider, False, exc.message)
+        return instance.check()
+
+    async def aclose(self) -> None:
+        """Release middleware resources (connections, threads)."""
+        for mw in self.middleware:
+            await mw.aclose()
+
+    def close(self) -> None:
+        portal.run(self.aclose())
+
+    # -- the innermost step ----------------------------------------------------------------------
+
+    async def _attempt(self, request: Request) -> Completion:
+        start = perf_counter()
+        try:
+            return await self.providers[request.provider].acomplete(request)
+        except BaseException as exc:
+            raise self._failed(request, exc, start) from None
+
+    async def _attempt_stream(self, request: Request) -> AsyncIterator[Chunk]:
+        start = perf_counter()
+        upstream = self.providers[request.provider].astream(request)
+        try:
+            async for chunk in upstream:
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            raise self._failed(request, exc, start) from None
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _failed(self, request: Request, exc: BaseException, start: float) -> BaseException:
+        error = exc if isinstance(exc, (ModelwireError, asyncio.CancelledError)) or not isinstance(exc, Exception) else _internal(exc, request)
+        self.notify(self.hook.modelwire_request_failed, request=request, error=error, attempt=request.attempt, latency=perf_counter() - start)
+        return error
+
+    def notify(self, hook: Callable[..., Any], **kwargs: Any) -> None:
+        """Call an observer hook; an observer that raises is logged, the request goes on."""
+        try:
+            hook(**kwargs)
+        except Exception as exc:
+            try:
+                logger.error("observer_failed", hook=getattr(hook, "name", "?"), error=repr(exc))
+            except Exception:
+                pass
+
+
+def _internal(exc: BaseException, request: Request) -> ModelwireError:
+    """A non-modelwire exception from a plugin: wrap it so callers see one hierarchy."""
+    return ProviderError(
+        f"unexpected {type(exc).__name__} in the pipeline: {exc}",
+        provider=request.provider,
+        model=request.model,
+        attempts=request.attempt,
+    )

@@ -1,0 +1,254 @@
+"""The one exception hierarchy of modelwire.
+
+Every failure a caller can see is a :class:`ModelwireError`. Provider failures carry where they
+happened (provider instance, model, HTTP status, the provider's request id, attempts made) and a
+short body excerpt, never the API key: messages are scrubbed of anything that looks like a key
+before the exception is built.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ContentFilterError",
+    "ContextWindowExceededError",
+    "InvalidResponseError",
+    "MissingAPIKeyError",
+    "ModelwireError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PluginError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "RateLimitExceeded",
+    "RequestValidationError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "StreamIdleTimeoutError",
+    "StreamInterruptedError",
+    "StreamProtocolError",
+    "UnknownProviderError",
+    "redact",
+]
+
+# Bearer tokens, OpenAI-style keys and `key=`/`api-key:` pairs in URLs or echoed headers.
+_SECRET = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,})|(Bearer\s+[A-Za-z0-9_\-\.]{8,})|((?:api[-_]?key|key)[=:]\s*[^\s&'\",]{6,})",
+    re.IGNORECASE,
+)
+_secrets: set[str] = set()
+
+
+def redact(text: str) -> str:
+    """Remove API keys (the configured ones and anything key-shaped) from ``text``."""
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return _SECRET.sub("***", text)
+
+
+def remember_secret(secret: str) -> None:
+    """Record a configured key so that :func:`redact` removes it even when it is not key-shaped."""
+    if len(secret) >= 6:
+        _secrets.add(secret)
+
+
+class ModelwireError(Exception):
+    """Root of every error modelwire raises.
+
+    :ivar retryable: whether trying the same request again can succeed.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        attempts: int = 0,
+        retry_after: float | None = None,
+        body: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.request_id = request_id
+        self.attempts = attempts
+        self.retry_after = retry_after
+        self.body = redact(body[:500]) if body else None
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        where = [f"{k}={v}" for k, v in self._context().items() if v is not None]
+        return f"{self.message} ({', '.join(where)})" if where else self.message
+
+    def _context(self) -> dict[str, Any]:
+        target = f"{self.provider}/{self.model}" if self.provider and self.model else self.provider
+        return {
+            "target": target,
+            "status": self.status,
+            "request_id": self.request_id,
+            "attempts": self.attempts or None,
+            "retry_after": self.retry_after,
+        }
+
+
+class ConfigurationError(ModelwireError):
+    """The configuration is invalid; raised at load time or before any network call."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """The environment variable that should hold a provider's API key is unset or empty."""
+
+
+class UnknownProviderError(ConfigurationError):
+    """A model names a provider that is neither configured nor registered."""
+
+
+class PluginError(ConfigurationError):
+    """A plugin failed to import or register, or registered something malformed."""
+
+
+class RequestValidationError(ModelwireError):
+    """The request is malformed (messages, parameters); raised before any network call."""
+
+
+class PayloadTooLargeError(RequestValidationError):
+    """The request is larger than the configured limit or the rate-limit budget."""
+
+
+class ProviderError(ModelwireError):
+    """The provider (or the transport to it) failed."""
+
+
+class AuthenticationError(ProviderError):
+    """401: the key was rejected."""
+
+
+class PermissionDeniedError(ProviderError):
+    """403: the key may not use this model or resource."""
+
+
+class NotFoundError(ProviderError):
+    """404: unknown model, deployment or endpoint (on Azure often a wrong api_version)."""
+
+
+class BadRequestError(ProviderError):
+    """400/422: the provider rejected the request itself."""
+
+
+class ContextWindowExceededError(BadRequestError):
+    """The prompt plus completion does not fit the model's context window."""
+
+
+class ContentFilterError(BadRequestError):
+    """The provider's content filter refused the prompt or the answer (billed; never retried)."""
+
+
+class RateLimitError(ProviderError):
+    """429 from the provider.
+
+    :ivar limit_type: ``"requests"``, ``"tokens"`` or None when the provider did not say.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, limit_type: str | None = None, **kw: Any) -> None:
+        self.limit_type = limit_type
+        super().__init__(message, **kw)
+
+
+class QuotaExceededError(RateLimitError):
+    """429 that waiting cannot fix: quota or credit exhausted, or a request above the whole limit."""
+
+    retryable = False
+
+
+class ServerError(ProviderError):
+    """5xx from the provider."""
+
+    retryable = True
+
+
+class ServiceUnavailableError(ServerError):
+    """503 / overloaded."""
+
+
+class ProviderTimeoutError(ProviderError):
+    """No answer in time (connect, read or the total deadline)."""
+
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """The connection failed or broke (refused, reset, body cut short)."""
+
+    retryable = True
+
+
+class InvalidResponseError(ProviderError):
+    """The provider answered 200 with something that is not a completion."""
+
+
+class StreamInterruptedError(ProviderError):
+    """A stream ended without a finish_reason or [DONE], or broke mid-way.
+
+    :ivar partial_text: the text received before the interruption.
+    :ivar chunks: how many chunks were received.
+    :ivar usage_known: whether the provider reported usage before the interruption.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        chunks: int = 0,
+        usage_known: bool = False,
+        **kw: Any,
+    ) -> None:
+        self.partial_text = partial_text
+        self.chunks = chunks
+        self.usage_known = usage_known
+        super().__init__(message, **kw)
+
+
+class StreamIdleTimeoutError(StreamInterruptedError):
+    """No data event arrived within the idle (or first-token) timeout."""
+
+
+class StreamProtocolError(StreamInterruptedError):
+    """The stream carried bytes that are not valid SSE/JSON/UTF-8."""
+
+    retryable = False
+
+
+class RateLimitExceeded(ModelwireError):
+    """modelwire's own limiter could not admit the request within the allowed wait.
+
+    Distinct from :class:`RateLimitError`, which is the provider's 429.
+
+    :ivar needed: seconds the request would have had to wait.
+    """
+
+    def __init__(self, message: str, *, needed: float | None = None, **kw: Any) -> None:
+        self.needed = needed
+        super().__init__(message, **kw)

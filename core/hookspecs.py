@@ -1,0 +1,174 @@
+"""Every hook modelwire calls, in one place.
+
+Hooks are synchronous and do no I/O: they register things, decide, and observe. Work that waits
+on the network lives in :class:`~modelwire.Provider` and :class:`~modelwire.Middleware` objects,
+which plugins register through the two ``register`` hooks. Implement a hook with the
+:data:`hookimpl` marker; an implementation may accept any subset of a spec's parameters::
+
+    from modelwire import hookimpl
+
+    @hookimpl
+    def modelwire_response_received(response):
+        print(response.usage)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .middleware import Middleware
+    from .provider import Provider
+    from .types import Chunk, Completion, Request
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("modelwire")
+hookimpl = pluggy.HookimplMarker("modelwire")
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+
+@hookspec
+def modelwire_register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+    """Register provider kinds.
+
+    :param register: call ``register("kind", ProviderClass)``; a config entry with
+        ``kind = "kind"`` (or named ``kind``) is then served by ``ProviderClass``.
+
+    Contract: called once per client. A kind registered twice is a :class:`PluginError`.
+    """
+
+
+@hookspec
+def modelwire_register_middleware(register: Callable[[str, type[Middleware]], None]) -> None:
+    """Register middleware by name.
+
+    :param register: call ``register("name", MiddlewareClass)``.
+
+    Contract: registering is not enabling. A middleware runs only when its name is in the
+    config's ``middleware`` list, at that position (first = outermost). Its config section is
+    the top-level key of the same name, validated with ``MiddlewareClass.Config``.
+    """
+
+
+@hookspec
+def modelwire_register_demo_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register a step for ``modelwire demo``.
+
+    :param register: call ``register("title", step)``; ``step(client, server, echo)`` gets the
+        demo client, the running :class:`~modelwire.testing.FakeServer` and a print function.
+
+    Contract: a step runs only when the middleware or plugin it shows is enabled; the step checks.
+    """
+
+
+@hookspec(historic=True)
+def modelwire_configure(config: Config) -> None:
+    """Observe the validated configuration of a client being built.
+
+    :param config: the effective :class:`~modelwire.config.Config`.
+
+    Contract: historic, so plugins registered later still see it. Do not mutate ``config``.
+    """
+
+
+# -- request stage ------------------------------------------------------------------------------
+
+
+@hookspec
+def modelwire_request_prepare(request: Request) -> None:
+    """Validate or fill defaults on a request before any middleware runs.
+
+    :param request: the request; may be modified in place.
+
+    Contract: no I/O. Raise :class:`~modelwire.RequestValidationError` to refuse the request;
+    nothing reaches the network then.
+    """
+
+
+# -- cache stage --------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def modelwire_cache_key(request: Request) -> str | None:
+    """Return the cache key for ``request``, or None to defer to the next implementation.
+
+    :param request: the prepared request.
+
+    Contract: firstresult; the built-in implementation is ``trylast``. The key must cover
+    everything that can change the answer.
+    """
+
+
+@hookspec(firstresult=True)
+def modelwire_cache_should_store(request: Request, response: Completion) -> bool | None:
+    """Decide whether ``response`` may be stored; None defers to the next implementation.
+
+    :param request: the request that produced it.
+    :param response: a complete response (whole, or the assembled stream).
+
+    Contract: firstresult; the built-in refuses errors, ``length``/``content_filter`` results
+    and empty answers.
+    """
+
+
+# -- limit stage --------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def modelwire_limit_spec(request: Request) -> Any:
+    """Return the rate-limit bucket and weight for ``request``, or None to defer.
+
+    :param request: the prepared request.
+    """
+
+
+@hookspec
+def modelwire_limit_delayed(request: Request, delay: float) -> None:
+    """Observe a request that waited ``delay`` seconds for the limiter."""
+
+
+# -- response stage -----------------------------------------------------------------------------
+
+
+@hookspec
+def modelwire_response_received(request: Request, response: Completion, latency: float) -> None:
+    """Observe a response: once per successful provider attempt, per cache hit, per finished stream.
+
+    :param request: the request (``request.attempt`` is the attempt number).
+    :param response: the completion; ``response.cached`` tells a cache hit.
+    :param latency: seconds from the start of this attempt to the response (stream: to its end).
+
+    Contract: observers only; an exception here is logged and does not fail the request.
+    """
+
+
+@hookspec
+def modelwire_request_failed(
+    request: Request, error: BaseException, attempt: int, latency: float
+) -> None:
+    """Observe a failed attempt (before any retry decision).
+
+    :param error: the mapped :class:`~modelwire.ModelwireError` (or CancelledError).
+    :param attempt: the attempt number, starting at 1.
+    :param latency: seconds the attempt took.
+    """
+
+
+@hookspec(firstresult=True)
+def modelwire_error_retryable(request: Request, error: BaseException) -> bool | None:
+    """Classify ``error`` as retryable (True) or not (False); None defers to ``error.retryable``.
+
+    Contract: firstresult, lets a provider plugin classify its own errors.
+    """
+
+
+@hookspec
+def modelwire_stream_chunk(request: Request, chunk: Chunk) -> None:
+    """Observe each chunk of a stream as it reaches the caller. Must stay cheap."""

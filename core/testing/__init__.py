@@ -1,0 +1,5 @@
+"""Helpers for testing code that uses modelwire: a loopback server that speaks OpenAI and Azure."""
+
+from .server import FakeServer, Pause, RecordedRequest, Reply
+
+__all__ = ["FakeServer", "Pause", "RecordedRequest", "Reply"]

@@ -1,0 +1,100 @@
+"""The values that travel through the pipeline: Request in, Completion or Chunks out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Chunk", "Completion", "Request", "ToolCallDelta", "Usage"]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the provider reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Usage | None:
+        if not isinstance(data, dict):
+            return None
+        prompt = int(data.get("prompt_tokens") or 0)
+        completion = int(data.get("completion_tokens") or 0)
+        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+
+
+@dataclass(slots=True)
+class Request:
+    """One logical completion request.
+
+    ``provider`` is the configured provider instance name (``openai``, ``azure``, ``local``...),
+    ``model`` the model or Azure deployment behind it. ``params`` are the sampling, tool and
+    provider-specific parameters sent to the provider. ``options`` are per-call settings for
+    middleware, keyed by middleware name (``{"cache": {"ttl": 60}}``); they never reach the
+    provider. ``state`` is scratch space middleware may share during one request.
+    """
+
+    provider: str
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """``provider/model``, the address the caller used."""
+        return f"{self.provider}/{self.model}"
+
+    def option(self, middleware: str, key: str, default: Any = None) -> Any:
+        """The per-call option ``key`` for ``middleware``, or ``default``."""
+        values = self.options.get(middleware)
+        return values.get(key, default) if values else default
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call in a stream; pieces with the same ``index`` belong together."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One piece of a streamed completion.
+
+    ``metadata`` holds provider extras such as Azure content-filter annotations.
+    """
+
+    text: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    index: int = 0
+    cached: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole completion.
+
+    >>> Completion(text="hi", finish_reason="stop", model="gpt-4o", provider="openai").text
+    'hi'
+    """
+
+    text: str
+    finish_reason: str | None
+    model: str
+    provider: str
+    usage: Usage | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False
+    raw: dict[str, Any] | None = None

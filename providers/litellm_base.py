@@ -1,0 +1,232 @@
+"""The transport every built-in provider shares: one litellm call per attempt.
+
+litellm is imported on the first real call (``import modelwire`` stays fast) with
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` so the import does not reach the network. Every call
+passes ``num_retries=0`` and ``max_retries=0``: retrying is modelwire's job, so the number of
+upstream calls is exactly what the retry policy says. No litellm global setting is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from modelwire.errors import (
+    InvalidResponseError,
+    MissingAPIKeyError,
+    ModelwireError,
+    StreamInterruptedError,
+    remember_secret,
+)
+from modelwire.provider import CheckResult, Provider
+from modelwire.types import Chunk, Completion, Request, ToolCallDelta, Usage
+
+from .errors import map_exception
+
+__all__ = ["LiteLLMProvider", "litellm"]
+
+_NO_KEY = "sk-no-key-required"
+
+
+def litellm() -> Any:
+    """The litellm module, imported on first use without a network fetch of its cost map."""
+    module = sys.modules.get("litellm")
+    if module is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm as module
+    return module
+
+
+class LiteLLMProvider(Provider):
+    """A provider reached through ``litellm.acompletion``.
+
+    Subclasses set :attr:`prefix` (litellm's provider route), :attr:`default_key_env` and
+    :attr:`key_required`.
+    """
+
+    prefix: ClassVar[str] = "openai"
+    default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    key_required: ClassVar[bool] = True
+
+    @property
+    def key_env(self) -> str | None:
+        return self.config.api_key_env or self.default_key_env
+
+    def api_key(self) -> str:
+        """The key from the environment; :class:`MissingAPIKeyError` names the variable."""
+        env = self.key_env
+        key = os.environ.get(env) if env else None
+        if key:
+            remember_secret(key)
+            return key
+        if self.key_required or self.config.api_key_env:
+            raise MissingAPIKeyError(
+                f"provider '{self.name}' needs an API key: set the environment variable {env}",
+                provider=self.name,
+            )
+        return _NO_KEY
+
+    def prepare(self, request: Request) -> None:
+        """Pre-flight checks that must fail before any network call."""
+        self.api_key()
+
+    def call_args(self, request: Request) -> dict[str, Any]:
+        args: dict[str, Any] = {**self.config.params, **request.params}
+        args.update(
+            model=f"{self.prefix}/{request.model}",
+            messages=request.messages,
+            api_key=self.api_key(),
+            timeout=args.get("timeout", self.config.timeout),
+            num_retries=0,
+            max_retries=0,
+        )
+        if self.config.api_base:
+            args["api_base"] = self.config.api_base
+        if self.config.api_version:
+            args["api_version"] = self.config.api_version
+        return args
+
+    async def acomplete(self, request: Request) -> Completion:
+        args = self.call_args(request)
+        try:
+            response = await litellm().acompletion(**args)
+        except Exception as exc:
+            raise map_exception(exc, provider=self.name, model=request.model) from None
+        return self._completion(response, request)
+
+    def _completion(self, response: Any, request: Request) -> Completion:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise InvalidResponseError(
+                "the provider answered without any choices", provider=self.name, model=request.model
+            )
+        message = choices[0].message
+        tool_calls = [tc.model_dump() for tc in (message.tool_calls or [])]
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text=message.content or "",
+            finish_reason=choices[0].finish_reason,
+            model=request.model,
+            provider=self.name,
+            usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else None,
+            tool_calls=tool_calls,
+            raw=response,
+        )
+
+    async def astream(self, request: Request) -> AsyncIterator[Chunk]:
+        args = self.call_args(request)
+        args["stream"] = True
+        if self.config.stream_usage and "stream_options" not in args:
+            args["stream_options"] = {"include_usage": True}
+        received = 0
+        finished = False
+        try:
+            stream = await litellm().acompletion(**args)
+            try:
+                async for raw in stream:
+                    chunk = _chunk(raw)
+                    if chunk is None:
+                        continue
+                    received += 1
+                    finished = finished or chunk.finish_reason is not None
+                    yield chunk
+            finally:
+                await _aclose(stream)
+        except ModelwireError:
+            raise
+        except Exception as exc:
+            raise map_exception(exc, provider=self.name, model=request.model) from None
+        if not finished:
+            raise StreamInterruptedError(
+                "the stream ended without a finish_reason",
+                provider=self.name,
+                model=request.model,
+                chunks=received,
+            )
+
+    def check(self) -> CheckResult:
+        try:
+            headers = self.auth_headers()
+        except MissingAPIKeyError as exc:
+            return CheckResult(self.name, False, exc.message)
+        return check_models(self.name, self.models_url(), headers, self.models_query())
+
+    def models_query(self) -> dict[str, str]:
+        return {}
+
+    def models_url(self) -> str:
+        return (self.config.api_base or "https://api.openai.com/v1").rstrip("/") + "/models"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key()}"}
+
+
+def _chunk(raw: Any) -> Chunk | None:
+    usage = getattr(raw, "usage", None)
+    choices = getattr(raw, "choices", None) or []
+    if not choices:
+        if usage is None:
+            return None
+        return Chunk(usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
+    choice = choices[0]
+    delta = choice.delta
+    tool_calls = [
+        ToolCallDelta(
+            index=tc.index or 0,
+            id=tc.id,
+            name=tc.function.name if tc.function else None,
+            arguments=(tc.function.arguments or "") if tc.function else "",
+        )
+        for tc in (getattr(delta, "tool_calls", None) or [])
+    ]
+    text = getattr(delta, "content", None) or ""
+    if not (text or tool_calls or choice.finish_reason or usage):
+        return None  # role-only or empty deltas carry nothing a caller needs
+    return Chunk(
+        text=text,
+        tool_calls=tool_calls,
+        finish_reason=choice.finish_reason,
+        usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else None,
+        index=choice.index or 0,
+    )
+
+
+async def _aclose(stream: Any) -> None:
+    for name in ("aclose", "close"):
+        method = getattr(stream, name, None)
+        if method is not None:
+            result = method()
+            if hasattr(result, "__await__"):
+                await result
+            return
+
+
+def check_models(name: str, url: str, headers: dict[str, str], query: dict[str, str]) -> CheckResult:
+    """GET a model listing and turn the outcome into a sentence a person can act on."""
+    import httpx
+
+    try:
+        response = httpx.get(url, headers=headers, params=query, timeout=10.0)
+    except httpx.ConnectError:
+        return CheckResult(name, False, f"cannot reach {url}: connection refused or host unknown")
+    except httpx.TimeoutException:
+        return CheckResult(name, False, f"{url} did not answer within 10 s")
+    except httpx.HTTPError as exc:
+        return CheckResult(name, False, f"request to {url} failed: {type(exc).__name__}")
+    status = response.status_code
+    if status == 401:
+        return CheckResult(name, False, "the API key was rejected (401): check the key's environment variable")
+    if status == 403:
+        return CheckResult(name, False, "the API key may not list models here (403)")
+    if status == 404:
+        return CheckResult(name, False, f"{url} answered 404: check api_base (and api_version on Azure)")
+    if status >= 400:
+        return CheckResult(name, False, f"{url} answered HTTP {status}")
+    try:
+        models = [str(m.get("id")) for m in response.json().get("data", [])]
+    except (ValueError, AttributeError):
+        return CheckResult(name, False, f"{url} answered 200 but not with a JSON model list")
+    shown = ", ".join(models[:5]) + (" ..." if len(models) > 5 else "")
+    return CheckResult(name, True, f"ok: {len(models)} models available ({shown})", models)
