@@ -68,6 +68,17 @@ def modelwire_register_demo_steps(register: Callable[[str, Callable[..., Any]], 
     """
 
 
+@hookspec
+def modelwire_register_commands(register: Callable[..., None]) -> None:
+    """Add a ``modelwire`` CLI subcommand.
+
+    :param register: call ``register(name, help, setup, run)``: ``setup(parser)`` adds arguments
+        to an ``argparse`` subparser, ``run(client, args) -> int`` runs the command.
+
+    Contract: keep module-level imports light; ``modelwire --help`` loads every plugin.
+    """
+
+
 @hookspec(historic=True)
 def modelwire_configure(config: Config) -> None:
     """Observe the validated configuration of a client being built.

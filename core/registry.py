@@ -41,7 +41,8 @@ class Registry:
     pm: pluggy.PluginManager
     providers: dict[str, type[Any]] = field(default_factory=dict)
     middleware: dict[str, type[Any]] = field(default_factory=dict)
-    demo_steps: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
+    demo_steps: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    commands: dict[str, tuple[str, Callable[..., Any], Callable[..., Any]]] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -83,9 +84,8 @@ def build_registry(extra: Iterable[object] = (), disable: Iterable[str] = ()) ->
             _register(reg, getattr(plugin, "__name__", None) or repr(plugin), lambda p=plugin: p)
     _collect(reg, "modelwire_register_providers", reg.providers)
     _collect(reg, "modelwire_register_middleware", reg.middleware)
-    demo: dict[str, Callable[..., Any]] = {}
-    _collect(reg, "modelwire_register_demo_steps", demo)
-    reg.demo_steps = list(demo.items())
+    _collect(reg, "modelwire_register_demo_steps", reg.demo_steps)
+    _collect(reg, "modelwire_register_commands", reg.commands)
     return reg
 
 
@@ -102,11 +102,11 @@ def _register(reg: Registry, name: str, load: Callable[[], object]) -> None:
 def _collect(reg: Registry, hook_name: str, into: dict[str, Any]) -> None:
     """Call one registration hook plugin by plugin, so each name is traced to its plugin."""
     for impl in reversed(getattr(reg.pm.hook, hook_name).get_hookimpls()):
-        def register(name: str, value: Any, _plugin: str = impl.plugin_name) -> None:
+        def register(name: str, *value: Any, _plugin: str = impl.plugin_name) -> None:
             key = f"{hook_name}:{name}"
             if name in into:
                 raise PluginError(f"'{name}' registered twice: by {reg.origin[key]} and by {_plugin}")
-            into[name] = value
+            into[name] = value[0] if len(value) == 1 else value
             reg.origin[key] = _plugin
 
         try:

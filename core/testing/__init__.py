@@ -1,5 +1,6 @@
 """Helpers for testing code that uses modelwire: a loopback server that speaks OpenAI and Azure."""
 
+from .redis import RedisServer, free_port
 from .server import FakeServer, Pause, RecordedRequest, Reply
 
-__all__ = ["FakeServer", "Pause", "RecordedRequest", "Reply"]
+__all__ = ["FakeServer", "Pause", "RecordedRequest", "RedisServer", "Reply", "free_port"]

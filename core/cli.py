@@ -1,0 +1,159 @@
+"""The ``modelwire`` command line.
+
+``--help`` stays fast: litellm is imported only by commands that send requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import ModelwireError
+    from .registry import build_registry
+
+    parser = argparse.ArgumentParser(prog="modelwire", description="One call to OpenAI, Azure OpenAI and local LLM servers.")
+    parser.add_argument("--config", help="path to a modelwire.toml (default: $MODELWIRE_CONFIG or ./modelwire.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print modelwire's structured log events")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("complete", help="complete a prompt and print the answer")
+    p.add_argument("prompt")
+    p.add_argument("--model", "-m", help="provider/model, e.g. openai/gpt-4o (default: default_model)")
+    p.add_argument("--stream", action="store_true", help="print the answer as it arrives")
+    p.add_argument("--system", help="a system message")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.set_defaults(run=_complete)
+
+    p = sub.add_parser("check", help="check that providers are reachable and their keys work")
+    p.add_argument("providers", nargs="*", help="provider names (default: all configured)")
+    p.set_defaults(run=_check)
+
+    sub.add_parser("plugins", help="installed plugins, provider kinds, middleware and their order").set_defaults(run=_plugins)
+    sub.add_parser("config", help="the effective configuration, secrets masked").set_defaults(run=_config)
+    sub.add_parser("demo", help="a tour against the bundled loopback server (no key needed)").set_defaults(run=_demo)
+
+    commands = build_registry().commands
+    for name, (help_text, setup, run) in commands.items():
+        p = sub.add_parser(name, help=help_text)
+        setup(p)
+        p.set_defaults(run=run)
+
+    args = parser.parse_args(argv)
+    _configure_output(args.verbose)
+    try:
+        if args.run is _demo:
+            return _demo(None, args)
+        from .client import Client
+
+        client = Client(config=args.config)
+        return int(args.run(client, args))
+    except ModelwireError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _configure_output(verbose: bool) -> None:
+    """The CLI is an application, so it may configure structlog (the library never does)."""
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _quiet_litellm() -> None:
+    """litellm prints a "Give Feedback" banner on every exception unless told not to. This is
+    our own process, so the CLI may say so; the library itself leaves litellm's globals alone."""
+    from modelwire.providers.litellm_base import litellm
+
+    litellm().suppress_debug_info = True
+
+
+def _complete(client: Any, args: argparse.Namespace) -> int:
+    _quiet_litellm()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": args.prompt}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    if args.stream:
+        with client.stream(messages, model=args.model, **params) as stream:
+            for chunk in stream:
+                print(chunk.text, end="", flush=True)
+        print()
+    else:
+        print(client.complete(messages, model=args.model, **params).text)
+    return 0
+
+
+def _check(client: Any, args: argparse.Namespace) -> int:
+    names = args.providers or list(client.providers) or ["openai"]
+    failed = 0
+    for name in names:
+        result = client.check(name)
+        failed += not result.ok
+        print(f"{'ok  ' if result.ok else 'FAIL'} {name}: {result.message}")
+    return 1 if failed else 0
+
+
+def _plugins(client: Any, args: argparse.Namespace) -> int:
+    reg = client.registry
+    print("plugins:")
+    for name, plugin in reg.pm.list_name_plugin():
+        print(f"  {name}")
+    for name, error in reg.failures.items():
+        print(f"  {name}  FAILED: {error}")
+    print("provider kinds:")
+    for kind in sorted(reg.providers):
+        print(f"  {kind:<20} from {reg.origin[f'modelwire_register_providers:{kind}']}")
+    print("middleware (registered):")
+    for name in sorted(reg.middleware):
+        state = f"enabled, position {client.config.middleware.index(name) + 1}" if name in client.config.middleware else "disabled"
+        print(f"  {name:<20} {state:<22} from {reg.origin[f'modelwire_register_middleware:{name}']}")
+    print("middleware order (outermost first): " + (" -> ".join([*client.config.middleware, "provider"])))
+    for mw, name in zip(client.middleware, client.config.middleware):
+        state = mw.describe()
+        if state:
+            print(f"  {name}: {json.dumps(state, default=str)}")
+    return 0
+
+
+def _config(client: Any, args: argparse.Namespace) -> int:
+    cfg = client.config
+    shown: dict[str, Any] = {"source": cfg.source, "middleware": cfg.middleware, "default_model": cfg.default_model}
+    providers = {}
+    for name, provider in client.providers.items():
+        data = provider.config.model_dump(exclude_defaults=False)
+        env = getattr(provider, "key_env", None)
+        if env:
+            data["api_key_env"] = env
+            data["api_key"] = "***set***" if os.environ.get(env) else "(unset)"
+        providers[name] = data
+    shown["providers"] = providers
+    for mw, name in zip(client.middleware, cfg.middleware):
+        if mw.config is not None:
+            shown[name] = mw.config.model_dump()
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+def _demo(client: Any, args: argparse.Namespace) -> int:
+    _quiet_litellm()
+    from .demo import run_demo
+
+    return run_demo()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
