@@ -16,10 +16,11 @@ from time import perf_counter
 from typing import Any
 
 from . import portal
-from .config import Config, load_config, validate_section
+from .config import CORE_KEYS, Config, load_config, validate_section
 from .errors import (
     ConfigurationError,
     ModelwireError,
+    PayloadTooLargeError,
     ProviderError,
     RequestValidationError,
     UnknownProviderError,
@@ -105,7 +106,7 @@ class Client:
                 validated[name] = validate_section(model, self.config.sections.get(name, {}), name)
         for key in self.config.sections:
             if key not in validated:
-                known = sorted({*validated, "middleware", "default_model", "providers", "disable_plugins"})
+                known = sorted({*validated, *CORE_KEYS})
                 raise ConfigurationError(
                     f"unknown config key '{key}' (known keys: {', '.join(known)})" + self.registry.failure_hint()
                 )
@@ -151,7 +152,13 @@ class Client:
         messages = normalize_messages(prompt)
         if options is not None and not isinstance(options, dict):
             raise RequestValidationError(f"options must be a dict keyed by middleware name, got {type(options).__name__}")
-        check_serializable(messages, params)
+        size = check_serializable(messages, params)
+        if size > self.config.max_request_bytes:
+            raise PayloadTooLargeError(
+                f"the request is {size} bytes, above max_request_bytes = {self.config.max_request_bytes}",
+                provider=name,
+                model=model_name,
+            )
         request = Request(name, model_name, messages, params, stream, options or {})
         prepare = getattr(provider, "prepare", None)
         if prepare is not None:

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "DEFAULT_MIDDLEWARE", "load_config", "validate_section"]
+__all__ = ["CORE_KEYS", "Config", "DEFAULT_MIDDLEWARE", "load_config", "validate_section"]
 
 #: Middleware enabled when the config does not say; first = outermost.
 DEFAULT_MIDDLEWARE: list[str] = []
@@ -39,11 +39,13 @@ class Config(BaseModel):
     default_model: str | None = None
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     disable_plugins: list[str] = Field(default_factory=list)
+    #: Requests whose JSON payload is larger are refused before any network call.
+    max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
     sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str = "defaults"
 
 
-_CORE_KEYS = {"middleware", "default_model", "providers", "disable_plugins"}
+CORE_KEYS = set(Config.model_fields) - {"sections", "source"}
 
 
 def load_config(config: dict[str, Any] | str | os.PathLike[str] | None = None) -> Config:
@@ -61,8 +63,8 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None = None) -
         config = _read_toml(Path(config))
     if not isinstance(config, dict):
         raise ConfigurationError(f"configuration must be a table/dict, got {type(config).__name__}")
-    core = {k: v for k, v in config.items() if k in _CORE_KEYS}
-    sections = {k: v for k, v in config.items() if k not in _CORE_KEYS}
+    core = {k: v for k, v in config.items() if k in CORE_KEYS}
+    sections = {k: v for k, v in config.items() if k not in CORE_KEYS}
     for key, value in sections.items():
         if not isinstance(value, dict):
             raise ConfigurationError(f"config key '{key}': expected a table, got {type(value).__name__}")

@@ -156,6 +156,8 @@ class FakeServer:
 
     def __init__(self, api_key: str | None = None, host: str = "127.0.0.1") -> None:
         self.api_key = api_key
+        #: Azure api-versions to accept; None accepts any (a missing one is always a 404).
+        self.api_versions: set[str] | None = None
         self.host = host
         self.port = 0
         self.requests: list[RecordedRequest] = []
@@ -305,7 +307,8 @@ class FakeServer:
     def _builtin_reply(self, req: RecordedRequest) -> Reply | None:
         """Auth and Azure URL rules, answered the way the real services answer."""
         azure = req.path.startswith("/openai/")
-        if azure and "api-version" not in req.query:
+        version = req.query.get("api-version")
+        if azure and (version is None or (self.api_versions is not None and version not in self.api_versions)):
             return Reply(404, {"error": {"code": "404", "message": "Resource not found"}})
         if self.api_key is not None:
             given = req.headers.get("api-key") if azure else req.headers.get("authorization", "")[7:]
