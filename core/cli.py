@@ -111,7 +111,7 @@ def _plugins(client: Any, args: argparse.Namespace) -> int:
     reg = client.registry
     print("plugins:")
     for name, plugin in reg.pm.list_name_plugin():
-        print(f"  {name}")
+        print(f"  {name}" + ("  (disabled by config)" if plugin is None else ""))
     for name, error in reg.failures.items():
         print(f"  {name}  FAILED: {error}")
     print("provider kinds:")

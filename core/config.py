@@ -41,7 +41,7 @@ class Config(BaseModel):
     disable_plugins: list[str] = Field(default_factory=list)
     #: Requests whose JSON payload is larger are refused before any network call.
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
-    sections: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    sections: dict[str, Any] = Field(default_factory=dict)
     source: str = "defaults"
 
 
@@ -65,9 +65,6 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None = None) -
         raise ConfigurationError(f"configuration must be a table/dict, got {type(config).__name__}")
     core = {k: v for k, v in config.items() if k in CORE_KEYS}
     sections = {k: v for k, v in config.items() if k not in CORE_KEYS}
-    for key, value in sections.items():
-        if not isinstance(value, dict):
-            raise ConfigurationError(f"config key '{key}': expected a table, got {type(value).__name__}")
     if not isinstance(core.get("providers", {}), dict) or not all(
         isinstance(v, dict) for v in core.get("providers", {}).values()
     ):
