@@ -1,0 +1,85 @@
+"""The ``modelwire`` command line, run as a user would (a subprocess), against the fake server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modelwire.testing import FakeServer
+
+from ..conftest import SENTINEL_KEY
+
+
+def cli(*args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENAI_API_KEY": SENTINEL_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop("MODELWIRE_CONFIG", None)
+    if config is not None:
+        env["MODELWIRE_CONFIG"] = str(config)
+    return subprocess.run([sys.executable, "-m", "modelwire.cli", *args], capture_output=True, text=True,
+                          env=env, check=check, timeout=120)
+
+
+@pytest.fixture
+def config(server: FakeServer, tmp_path: Path) -> Path:
+    path = tmp_path / "modelwire.toml"
+    path.write_text(
+        'default_model = "local/llama3"\nmiddleware = []\n'
+        f'[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n'
+        f'[providers.openai]\napi_base = "{server.openai_url}"\n'
+    )
+    return path
+
+
+def test_complete_and_stream(config: Path, server: FakeServer) -> None:
+    assert cli("complete", "hello cli", config=config).stdout == "echo: hello cli\n"
+    assert cli("complete", "--stream", "-m", "openai/gpt-4o", "streamed words", config=config).stdout == (
+        "echo: streamed words\n"
+    )
+    assert server.requests[-1].json["stream"] is True
+
+
+def test_errors_are_one_line_and_keyless(config: Path, server: FakeServer) -> None:
+    from modelwire.testing import Reply
+
+    server.script(Reply.error(401, f"Incorrect API key provided: {SENTINEL_KEY}", type="invalid_request_error"))
+    result = cli("complete", "x", "-m", "openai/gpt-4o", config=config, check=False)
+    assert result.returncode == 2
+    assert "AuthenticationError" in result.stderr
+    assert SENTINEL_KEY not in result.stderr + result.stdout
+
+
+def test_check(config: Path, server: FakeServer) -> None:
+    result = cli("check", config=config)
+    assert result.stdout.count("ok  ") == 2
+    server.api_key = "sk-another-key-0000000000"
+    failed = cli("check", "openai", config=config, check=False)
+    assert failed.returncode == 1 and "rejected (401)" in failed.stdout
+
+
+def test_config_masks_secrets(config: Path) -> None:
+    out = cli("config", config=config).stdout
+    assert '"api_key": "***set***"' in out and "OPENAI_API_KEY" in out
+    assert SENTINEL_KEY not in out
+
+
+def test_plugins_shows_order(config: Path) -> None:
+    out = cli("plugins", config=config).stdout
+    assert "openai_compatible" in out and "middleware order (outermost first): provider" in out
+
+
+def test_bad_config_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("middleware = 5\n")
+    result = cli("plugins", config=path, check=False)
+    assert result.returncode == 2 and "config key 'middleware'" in result.stderr
+
+
+def test_demo_runs_without_key_or_server() -> None:
+    env_free = cli("demo")
+    assert "1. A completion from each provider kind" in env_free.stdout
+    assert "echo: Hello from azure" in env_free.stdout
+    assert "api-version=2024-10-21" in env_free.stdout
