@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ModelwireError
     from .registry import build_registry
 
-    parser = argparse.ArgumentParser(prog="modelwire", description="One call to OpenAI, Azure OpenAI and local LLM servers.")
+    parser = argparse.ArgumentParser(
+        prog="modelwire", description="One call to OpenAI, Azure OpenAI and local LLM servers."
+    )
     parser.add_argument("--config", help="path to a modelwire.toml (default: $MODELWIRE_CONFIG or ./modelwire.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print modelwire's structured log events")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("providers", nargs="*", help="provider names (default: all configured)")
     p.set_defaults(run=_check)
 
-    sub.add_parser("plugins", help="installed plugins, provider kinds, middleware and their order").set_defaults(run=_plugins)
+    sub.add_parser("plugins", help="installed plugins, provider kinds, middleware and their order").set_defaults(
+        run=_plugins
+    )
     sub.add_parser("config", help="the effective configuration, secrets masked").set_defaults(run=_config)
     sub.add_parser("demo", help="a tour against the bundled loopback server (no key needed)").set_defaults(run=_demo)
 
@@ -50,12 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_output(args.verbose)
     try:
-        if args.run is _demo:
-            return _demo(None, args)
         from .client import Client
 
-        client = Client(config=args.config)
-        return int(args.run(client, args))
+        client = None if args.run is _demo else Client(config=args.config)
+        code: int = args.run(client, args)
+        return code
     except ModelwireError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -119,10 +122,14 @@ def _plugins(client: Any, args: argparse.Namespace) -> int:
         print(f"  {kind:<20} from {reg.origin[f'modelwire_register_providers:{kind}']}")
     print("middleware (registered):")
     for name in sorted(reg.middleware):
-        state = f"enabled, position {client.config.middleware.index(name) + 1}" if name in client.config.middleware else "disabled"
+        state = (
+            f"enabled, position {client.config.middleware.index(name) + 1}"
+            if name in client.config.middleware
+            else "disabled"
+        )
         print(f"  {name:<20} {state:<22} from {reg.origin[f'modelwire_register_middleware:{name}']}")
     print("middleware order (outermost first): " + (" -> ".join([*client.config.middleware, "provider"])))
-    for mw, name in zip(client.middleware, client.config.middleware):
+    for mw, name in zip(client.middleware, client.config.middleware, strict=True):
         state = mw.describe()
         if state:
             print(f"  {name}: {json.dumps(state, default=str)}")
@@ -141,7 +148,7 @@ def _config(client: Any, args: argparse.Namespace) -> int:
             data["api_key"] = "***set***" if os.environ.get(env) else "(unset)"
         providers[name] = data
     shown["providers"] = providers
-    for mw, name in zip(client.middleware, cfg.middleware):
+    for mw, name in zip(client.middleware, cfg.middleware, strict=True):
         if mw.config is not None:
             shown[name] = mw.config.model_dump()
     print(json.dumps(shown, indent=2, default=str))

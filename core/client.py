@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import threading
@@ -151,7 +150,8 @@ class Client:
         provider = self.provider(name)
         messages = normalize_messages(prompt)
         if options is not None and not isinstance(options, dict):
-            raise RequestValidationError(f"options must be a dict keyed by middleware name, got {type(options).__name__}")
+            kind = type(options).__name__
+            raise RequestValidationError(f"options must be a dict keyed by middleware name, got {kind}")
         size = check_serializable(messages, params)
         if size > self.config.max_request_bytes:
             raise PayloadTooLargeError(
@@ -187,7 +187,8 @@ class Client:
             raise
         except Exception as exc:
             raise _internal(exc, request) from exc
-        self.notify(self.hook.modelwire_response_received, request=request, response=response, latency=perf_counter() - start)
+        latency = perf_counter() - start
+        self.notify(self.hook.modelwire_response_received, request=request, response=response, latency=latency)
         return response
 
     def astream(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> AsyncStream:
@@ -241,8 +242,11 @@ class Client:
                 await aclose()
 
     def _failed(self, request: Request, exc: BaseException, start: float) -> BaseException:
-        error = exc if isinstance(exc, (ModelwireError, asyncio.CancelledError)) or not isinstance(exc, Exception) else _internal(exc, request)
-        self.notify(self.hook.modelwire_request_failed, request=request, error=error, attempt=request.attempt, latency=perf_counter() - start)
+        # ModelwireError and non-Exception signals (CancelledError, KeyboardInterrupt) pass as they are
+        error = _internal(exc, request) if isinstance(exc, Exception) and not isinstance(exc, ModelwireError) else exc
+        latency = perf_counter() - start
+        attempt = request.attempt
+        self.notify(self.hook.modelwire_request_failed, request=request, error=error, attempt=attempt, latency=latency)
         return error
 
     def notify(self, hook: Callable[..., Any], **kwargs: Any) -> None:

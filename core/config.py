@@ -94,7 +94,8 @@ def validate_section(model: type[BaseModel], data: dict[str, Any], prefix: str) 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            return tomllib.load(f)
+            data: dict[str, Any] = tomllib.load(f)
+            return data
     except FileNotFoundError:
         raise ConfigurationError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -15,6 +15,7 @@ from typing import Any
 from .client import Client
 from .config import DEFAULT_MIDDLEWARE
 from .testing import FakeServer
+from .types import Completion
 
 __all__ = ["demo_config", "run_demo"]
 
@@ -45,7 +46,9 @@ def run_demo(echo: Callable[[str], None] = print, middleware: list[str] | None =
             start = time.perf_counter()
             response = client.complete(f"Hello from {model.split('/')[0]}", model=model)
             ms = (time.perf_counter() - start) * 1000
-            echo(f"   {model:<22} -> {response.text!r}  ({response.usage.total_tokens if response.usage else '?'} tokens, {ms:.0f} ms)")
+            echo(
+                f"   {model:<22} -> {response.text!r}  ({_tokens(response)} tokens, {ms:.0f} ms)"
+            )
         azure = next(r for r in reversed(server.requests) if r.path.startswith("/openai/"))
         echo(f"   (Azure went to {azure.path}?api-version={azure.query.get('api-version')} with an api-key header)")
         echo("\n2. A stream, printed as it arrives")
@@ -60,3 +63,7 @@ def run_demo(echo: Callable[[str], None] = print, middleware: list[str] | None =
         echo(f"\nThe server saw {server.calls()} chat requests. Point modelwire at a real provider with a")
         echo("modelwire.toml (see README) and run: modelwire complete 'Say hi' --model openai/gpt-4o")
     return 0
+
+
+def _tokens(response: Completion) -> str:
+    return str(response.usage.total_tokens) if response.usage else "?"

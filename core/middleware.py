@@ -12,7 +12,7 @@ twin: the sync client drives the same async chain (see :mod:`modelwire.portal`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -21,7 +21,7 @@ from .types import Chunk, Completion, Request
 
 __all__ = ["CallNext", "CallNextStream", "Middleware", "MiddlewareContext"]
 
-CallNext = Callable[[Request], Awaitable[Completion]]
+CallNext = Callable[[Request], Coroutine[Any, Any, Completion]]
 CallNextStream = Callable[[Request], AsyncIterator[Chunk]]
 
 

@@ -8,6 +8,7 @@ recorded with its name and error and logged; the others carry on.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Iterable
@@ -72,21 +73,25 @@ def build_registry(extra: Iterable[object] = (), disable: Iterable[str] = ()) ->
         pm.set_blocked(name)
     for module in DEFAULT_PLUGINS:
         if module not in blocked:
-            _register(reg, module, lambda m=module: importlib.import_module(m))
+            _register(reg, module, functools.partial(importlib.import_module, module))
     if os.environ.get("MODELWIRE_DISABLE_ENTRYPOINTS", "") in ("", "0"):
         for ep in _entry_points():
             if ep.name not in blocked:
                 _register(reg, ep.name, ep.load)
     for plugin in extra:
         if isinstance(plugin, str):
-            _register(reg, plugin, lambda m=plugin: importlib.import_module(m))
+            _register(reg, plugin, functools.partial(importlib.import_module, plugin))
         else:
-            _register(reg, getattr(plugin, "__name__", None) or repr(plugin), lambda p=plugin: p)
+            _register(reg, getattr(plugin, "__name__", None) or repr(plugin), functools.partial(_same, plugin))
     _collect(reg, "modelwire_register_providers", reg.providers)
     _collect(reg, "modelwire_register_middleware", reg.middleware)
     _collect(reg, "modelwire_register_demo_steps", reg.demo_steps)
     _collect(reg, "modelwire_register_commands", reg.commands)
     return reg
+
+
+def _same(plugin: object) -> object:
+    return plugin
 
 
 def _register(reg: Registry, name: str, load: Callable[[], object]) -> None:

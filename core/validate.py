@@ -48,7 +48,9 @@ def _check_message(i: int, message: Any) -> None:
         if role != "assistant" or not (message.get("tool_calls") or message.get("function_call")):
             raise RequestValidationError(f"{where} ({role}) has no content")
     elif not isinstance(content, (str, list)):
-        raise RequestValidationError(f"{where}.content must be a string or a list of parts, got {type(content).__name__}")
+        raise RequestValidationError(
+            f"{where}.content must be a string or a list of parts, got {type(content).__name__}"
+        )
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
         raise RequestValidationError(f"{where} is a tool message without a 'tool_call_id'")
 

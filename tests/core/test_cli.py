@@ -19,8 +19,14 @@ def cli(*args: str, config: Path | None = None, check: bool = True) -> subproces
     env.pop("MODELWIRE_CONFIG", None)
     if config is not None:
         env["MODELWIRE_CONFIG"] = str(config)
-    return subprocess.run([sys.executable, "-m", "modelwire.cli", *args], capture_output=True, text=True,
-                          env=env, check=check, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "modelwire.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+        timeout=120,
+    )
 
 
 @pytest.fixture

@@ -27,8 +27,11 @@ def test_wrong_type_names_key() -> None:
 
 
 def test_bad_values_name_key() -> None:
-    bad({"providers": {"local": {"kind": "openai_compatible", "api_base": "http://x/v1", "timeout": 0}}},
-        "providers.local.timeout", "greater than 0")
+    bad(
+        {"providers": {"local": {"kind": "openai_compatible", "api_base": "http://x/v1", "timeout": 0}}},
+        "providers.local.timeout",
+        "greater than 0",
+    )
     bad({"max_request_bytes": -5}, "max_request_bytes")
 
 
@@ -62,8 +65,10 @@ def test_middleware_listed_twice() -> None:
 
 def test_azure_needs_endpoint_and_version() -> None:
     bad({"providers": {"azure": {}}}, "providers.azure.api_base", "providers.azure.api_version")
-    bad({"providers": {"azure": {"api_base": "https://r.openai.azure.com/openai/deployments/d", "api_version": "v"}}},
-        "resource endpoint")
+    bad(
+        {"providers": {"azure": {"api_base": "https://r.openai.azure.com/openai/deployments/d", "api_version": "v"}}},
+        "resource endpoint",
+    )
 
 
 def test_openai_compatible_needs_api_base() -> None:

@@ -59,7 +59,9 @@ def test_broken_entry_point_does_not_break_others(installed_example: Path) -> No
 def test_cli_lists_the_plugin(installed_example: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "modelwire.cli", "plugins"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONPATH": str(installed_example), "PATH": "/usr/bin:/bin"},
     ).stdout
     assert "echo" in out and "from echo" in out

@@ -71,8 +71,9 @@ def test_missing_api_key_names_the_variable(make_client, server: FakeServer, mon
     with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
         client.complete("hi", model="openai/gpt-4o")
     with pytest.raises(MissingAPIKeyError, match="MY_AZURE_KEY"):
-        make_client(providers={"azure": {"api_base": server.url, "api_version": "v", "api_key_env": "MY_AZURE_KEY"}}
-                    ).complete("hi", model="azure/d")
+        make_client(
+            providers={"azure": {"api_base": server.url, "api_version": "v", "api_key_env": "MY_AZURE_KEY"}}
+        ).complete("hi", model="azure/d")
     monkeypatch.setenv("OPENAI_API_KEY", "")
     with pytest.raises(MissingAPIKeyError):
         client.stream("hi", model="openai/gpt-4o")

@@ -124,8 +124,11 @@ def test_messages_list_and_tool_params_reach_the_server(make_client, server: Fak
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     tools = [{"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {}}}}]
@@ -141,7 +144,8 @@ def test_module_level_functions(server: FakeServer, tmp_path, monkeypatch: pytes
 
     config = tmp_path / "modelwire.toml"
     config.write_text(
-        f'default_model = "local/llama3"\n[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n'
+        'default_model = "local/llama3"\n'
+        f'[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n'
     )
     monkeypatch.setenv("MODELWIRE_CONFIG", str(config))
     monkeypatch.setattr(modelwire, "_default", None)
@@ -162,12 +166,17 @@ def test_check_reports_plainly(make_client, server: FakeServer, monkeypatch: pyt
     server.api_key = "sk-the-right-key-000000"
     bad = client.check("openai")
     assert not bad.ok and "rejected" in bad.message and SENTINEL_KEY not in bad.message
-    dead = modelwire.Client(config={"providers": {"x": {"kind": "openai_compatible",
-                                                          "api_base": f"http://127.0.0.1:{free_port()}/v1"}}})
+    dead = modelwire.Client(
+        config={"providers": {"x": {"kind": "openai_compatible", "api_base": f"http://127.0.0.1:{free_port()}/v1"}}}
+    )
     assert "cannot reach" in dead.check("x").message
     server.api_key = None
     server.api_versions = {"2024-10-21"}
-    wrong_version = modelwire.Client(config={"providers": {"azure": {"api_base": server.url, "api_version": "1999-01-01"}}})
+    wrong_version = modelwire.Client(
+        config={"providers": {"azure": {"api_base": server.url, "api_version": "1999-01-01"}}}
+    )
     message = wrong_version.check("azure").message
     assert "404" in message and "api_version" in message
-    assert "needs an API key" in make_client(providers={"openai": {"api_key_env": "UNSET_VAR_X"}}).check("openai").message
+    assert (
+        "needs an API key" in make_client(providers={"openai": {"api_key_env": "UNSET_VAR_X"}}).check("openai").message
+    )
