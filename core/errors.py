@@ -30,6 +30,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitError",
     "RateLimitExceeded",
+    "RateLimiterUnavailableError",
     "RequestValidationError",
     "ServerError",
     "ServiceUnavailableError",
@@ -252,3 +253,8 @@ class RateLimitExceeded(ModelwireError):
     def __init__(self, message: str, *, needed: float | None = None, **kw: Any) -> None:
         self.needed = needed
         super().__init__(message, **kw)
+
+
+class RateLimiterUnavailableError(ModelwireError):
+    """The rate limiter's shared backend (Redis, SQLite) failed and the ``ratelimit`` section
+    says ``on_backend_error = "closed"``: the request is refused rather than sent unlimited."""

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .middleware import Middleware
     from .provider import Provider
-    from .types import Chunk, Completion, Request
+    from .types import Chunk, Completion, LimitSpec, Request
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -133,16 +133,20 @@ def modelwire_cache_should_store(request: Request, response: Completion) -> bool
 
 
 @hookspec(firstresult=True)
-def modelwire_limit_spec(request: Request) -> Any:
+def modelwire_limit_spec(request: Request) -> LimitSpec | None:
     """Return the rate-limit bucket and weight for ``request``, or None to defer.
 
     :param request: the prepared request.
+
+    Contract: firstresult. When every implementation returns None the ``ratelimit`` middleware
+    uses its configured ``limits`` (first ``match`` wins); a request matching none is not limited.
     """
 
 
 @hookspec
 def modelwire_limit_delayed(request: Request, delay: float) -> None:
-    """Observe a request that waited ``delay`` seconds for the limiter."""
+    """Observe a request that waited ``delay`` seconds for the limiter (queue, rate, cooldown),
+    called once per attempt that waited, just before it goes on to the provider."""
 
 
 # -- response stage -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Chunk", "Completion", "Request", "ToolCallDelta", "Usage"]
+__all__ = ["Chunk", "Completion", "LimitSpec", "Request", "ToolCallDelta", "Usage"]
 
 
 @dataclass(slots=True)
@@ -98,3 +98,24 @@ class Completion:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False
     raw: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Which rate-limit bucket a request draws from, what limits that bucket has and what the
+    request weighs; returned by ``modelwire_limit_spec`` hooks.
+
+    Requests with the same ``key`` share one bucket (the limits of the first request that
+    created it apply). ``tokens`` is the TPM reservation; None lets the limiter estimate it.
+
+    >>> LimitSpec("tenant-42", rpm=60, tpm=40_000)
+    LimitSpec(key='tenant-42', rps=None, rpm=60, tpm=40000, concurrency=None, tokens=None, smooth=False)
+    """
+
+    key: str
+    rps: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    tokens: int | None = None
+    smooth: bool = False
