@@ -1,0 +1,519 @@
+"""The ``cache`` middleware: answers repeated requests without a provider call.
+
+Turn it on with two lines of config (``middleware = ["cache", ...]`` and a ``[cache]`` table)::
+
+    [cache]
+    backend = "file"          # memory | file | redis | null
+    path = ".modelwire-cache"
+
+Whole and streamed requests share entries; N identical concurrent requests make one upstream call
+(:mod:`.cache_flight`; with Redis also across processes, through dogpile's distributed lock); a
+failing backend degrades to a miss (:mod:`.cache_store`). Per call, ``options={"cache": {...}}``
+takes ``bypass``, ``no_store``, ``refresh``, ``ttl``, ``namespace`` and ``wait_timeout``.
+
+>>> client = modelwire.Client(config={"middleware": ["cache"], ...})  # doctest: +SKIP
+>>> cache_of(client).stats()["process"]["hits"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelwire import portal
+from modelwire.errors import ConfigurationError, ModelwireError, ProviderTimeoutError, RequestValidationError
+from modelwire.hookspecs import hookimpl
+from modelwire.log import logger
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.types import Chunk, Completion, Request
+
+from .cache_backends import Backend, FileBackend, MemBackend, NullBackend, RedisCacheBackend
+from .cache_codec import (
+    CorruptEntry,
+    assemble,
+    chunks_from_entry,
+    completion_from_entry,
+    decode,
+    encode,
+    entry_from_chunks,
+    entry_from_completion,
+)
+from .cache_flight import Flight, FlightTable, iterate, wait_result
+from .cache_keys import NAMESPACE_RE, default_key, provider_namespace
+from .cache_store import Store
+
+__all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cache_of", "default_refusal"]
+
+
+class CacheError(ModelwireError):
+    """An explicit cache operation (clear, invalidate, stats) could not reach the backend."""
+
+
+def _namespace(value: str | None) -> str | None:
+    if value is not None and not NAMESPACE_RE.match(value):
+        raise ValueError("must be 1-80 characters of letters, digits, '_', '.', '-'")
+    return value
+
+
+class CacheConfig(BaseModel):
+    """The ``[cache]`` section. See docs/cache.md for every key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "file", "redis", "null"] = "memory"
+    #: Seconds an entry lives; None = until evicted or cleared.
+    ttl: float | None = Field(3600.0, gt=0)
+    #: Memory backend: entries kept (least recently used evicted first).
+    max_entries: int = Field(10_000, gt=0)
+    #: File backend: the dbm file (``.dat``/``.dir`` and lock files are created beside it).
+    path: str | None = None
+    #: Redis backend: ``redis://host:port/db``.
+    url: str | None = None
+    key_prefix: str = Field("modelwire:cache:", min_length=1, max_length=100)
+    #: Fixed namespace for every entry; None = per provider and API-key fingerprint.
+    namespace: str | None = None
+    #: Responses whose stored JSON is larger are not stored.
+    max_value_bytes: int = Field(1_000_000, gt=0)
+    #: Seconds allowed for one backend call before it counts as a miss.
+    timeout: float = Field(0.2, gt=0, le=30)
+    #: Redis: the distributed lock expires after this many seconds (a crashed holder frees it).
+    lock_timeout: float = Field(30.0, gt=0)
+    distributed_lock: bool = True
+    #: Seconds a request waits for an identical one in flight; None = its own ``timeout``
+    #: parameter or the provider's timeout.
+    wait_timeout: float | None = Field(None, gt=0)
+    circuit_failures: int = Field(3, ge=1)
+    circuit_reset: float = Field(10.0, gt=0)
+
+    _ns = field_validator("namespace")(_namespace)
+
+
+class CacheOptions(BaseModel):
+    """Per-call ``options={"cache": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Neither read nor store: the request goes upstream as if there were no cache.
+    bypass: bool = False
+    #: Read, but do not store the answer.
+    no_store: bool = False
+    #: Do not read; go upstream and store the fresh answer.
+    refresh: bool = False
+    #: Seconds this entry lives; 0 = do not store.
+    ttl: float | None = Field(None, ge=0)
+    namespace: str | None = None
+    wait_timeout: float | None = Field(None, gt=0)
+
+    _ns = field_validator("namespace")(_namespace)
+
+
+_DEFAULT_OPTIONS = CacheOptions()
+
+
+def default_refusal(request: Request, response: Completion) -> str | None:
+    """Why the built-in policy refuses to store ``response``, or None when it may be stored."""
+    raw = response.raw
+    if isinstance(raw, dict) and raw.get("error"):
+        return "error_body"
+    if response.finish_reason in ("length", "content_filter"):
+        return str(response.finish_reason)
+    if response.finish_reason is None:
+        return "no_finish_reason"
+    if not response.text.strip() and not response.tool_calls:
+        return "empty"
+    return None
+
+
+def _make_backend(config: CacheConfig) -> Backend:
+    if config.backend == "memory":
+        return MemBackend(config.max_entries)
+    if config.backend == "null":
+        return NullBackend()
+    if config.backend == "file":
+        if not config.path:
+            raise ConfigurationError("config key 'cache.path' is required when cache.backend = \"file\"")
+        try:
+            return FileBackend(config.path)
+        except OSError as exc:
+            raise ConfigurationError(f"config key 'cache.path': cannot create the cache file: {exc}") from None
+    if not config.url:
+        raise ConfigurationError("config key 'cache.url' is required when cache.backend = \"redis\" (redis://host:6379/0)")
+    try:
+        return RedisCacheBackend(config.url, config.key_prefix, config.timeout, config.lock_timeout)
+    except ValueError as exc:
+        raise ConfigurationError(f"config key 'cache.url': {exc}") from None
+
+
+class CacheMiddleware(Middleware):
+    """See the module docstring. Find it on a client with :func:`cache_of`.
+
+    :ivar metrics: this process's :class:`~.cache_store.CacheMetrics`.
+    """
+
+    Config = CacheConfig
+
+    def __init__(self, config: CacheConfig | None, context: MiddlewareContext) -> None:
+        super().__init__(config or CacheConfig(), context)
+        self.config: CacheConfig = self.config
+        self.store = Store(_make_backend(self.config), self.config.timeout, self.config.circuit_failures,
+                           self.config.circuit_reset)
+        self.metrics = self.store.metrics
+        self.flights = FlightTable()
+        self._distributed = self.config.backend == "redis" and self.config.distributed_lock
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def options(self, request: Request) -> CacheOptions:
+        raw = request.options.get("cache")
+        if not raw:
+            return _DEFAULT_OPTIONS
+        try:
+            return CacheOptions.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise RequestValidationError(f"options.cache.{where}: {err['msg']} (got {err.get('input')!r})") from None
+
+    def namespace_for(self, request: Request, options: CacheOptions = _DEFAULT_OPTIONS) -> str:
+        """The namespace ``request`` is stored under (per-call option, config, or key fingerprint)."""
+        if options.namespace or self.config.namespace:
+            return str(options.namespace or self.config.namespace)
+        provider = self.context.providers.get(request.provider)
+        return request.provider if provider is None else provider_namespace(provider)
+
+    def key_for(self, request: Request, options: CacheOptions = _DEFAULT_OPTIONS) -> str:
+        """The backend key of ``request``: ``<namespace>:<key from modelwire_cache_key>``."""
+        namespace = self.namespace_for(request, options)
+        request.state["cache.namespace"] = namespace
+        request.state["cache.provider"] = self.context.providers.get(request.provider)
+        key = self.context.hook.modelwire_cache_key(request=request)
+        if not isinstance(key, str) or not key:
+            key = default_key(request, request.state["cache.provider"], namespace)
+        elif len(key) > 200:
+            key = "h:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{namespace}:{key}"
+
+    # -- reading and storing --------------------------------------------------------------------
+
+    async def _read(self, key: str) -> tuple[dict[str, Any], bytes] | None:
+        data = await self.store.get(key)
+        if data is None:
+            return None
+        try:
+            entry = decode(data)
+        except CorruptEntry as exc:
+            self.metrics.corrupt += 1
+            logger.warning("cache.corrupt_entry", backend=self.store.backend.name, reason=str(exc))
+            await self.store.delete(key)
+            return None
+        if entry is None:  # expired: a miss
+            await self.store.delete(key)
+            return None
+        return entry, data
+
+    def _refusal(self, request: Request, response: Completion, options: CacheOptions) -> str | None:
+        if options.no_store:
+            return "no_store"
+        if options.ttl == 0:
+            return "ttl_0"
+        verdict = self.context.hook.modelwire_cache_should_store(request=request, response=response)
+        if verdict is False:
+            return default_refusal(request, response) or "policy"
+        return None
+
+    async def _store(self, request: Request, key: str, response: Completion, payload: bytes | None,
+                     options: CacheOptions) -> None:
+        reason = self._refusal(request, response, options)
+        if reason is None and payload is None:
+            reason = "not_json"
+        if reason is None and payload is not None and len(payload) > self.config.max_value_bytes:
+            reason = "too_large"
+            logger.info("cache.value_too_large", bytes=len(payload), max_value_bytes=self.config.max_value_bytes)
+        if reason is not None:
+            self.metrics.skipped[reason] += 1
+            return
+        assert payload is not None
+        await self.store.set(key, payload, options.ttl if options.ttl is not None else self.config.ttl)
+
+    def _encode(self, entry: dict[str, Any], options: CacheOptions) -> bytes | None:
+        try:
+            return encode(entry, options.ttl if options.ttl is not None else self.config.ttl)
+        except (TypeError, ValueError):
+            return None
+
+    async def _locked_hit(self, key: str) -> tuple[Any, tuple[dict[str, Any], bytes] | None]:
+        """With Redis, take the cross-process lock, then look again: the holder before us may
+        have stored the answer meanwhile."""
+        if not self._distributed:
+            return None, None
+        mutex = await self.store.lock(key, self.config.lock_timeout + self.config.timeout)
+        if mutex is None:
+            return None, None
+        return mutex, await self._read(key)
+
+    # -- flights ---------------------------------------------------------------------------------
+
+    async def _run_whole(self, request: Request, call_next: CallNext, options: CacheOptions, key: str,
+                         flight: Flight) -> None:
+        mutex, found = await self._locked_hit(key)
+        try:
+            if found is not None:
+                self.metrics.hits += 1
+                flight.payload = found[1]
+                flight.finish(completion_from_entry(found[0]))
+                return
+            response = await call_next(request)
+            flight.payload = self._encode(entry_from_completion(response), options)
+            flight.finish(response)
+            await self._store(request, key, response, flight.payload, options)
+        finally:
+            if mutex is not None:
+                await self.store.unlock(mutex)
+
+    async def _run_stream(self, request: Request, call_next: CallNextStream, options: CacheOptions, key: str,
+                          flight: Flight) -> None:
+        mutex, found = await self._locked_hit(key)
+        try:
+            if found is not None:
+                self.metrics.hits += 1
+                for chunk in chunks_from_entry(found[0]):
+                    flight.publish(chunk)
+                flight.payload = found[1]
+                flight.finish(completion_from_entry(found[0]))
+                return
+            upstream = call_next(request)
+            try:
+                async for chunk in upstream:
+                    flight.publish(chunk)
+            finally:
+                aclose = getattr(upstream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            final = assemble(flight.chunks, request.model, request.provider)
+            flight.payload = self._encode(entry_from_chunks(flight.chunks, final), options)
+            flight.finish(final)
+            await self._store(request, key, final, flight.payload, options)
+        finally:
+            if mutex is not None:
+                await self.store.unlock(mutex)
+
+    def _wait_timeout(self, request: Request, options: CacheOptions) -> float | None:
+        if options.wait_timeout or self.config.wait_timeout:
+            return options.wait_timeout or self.config.wait_timeout
+        timeout = request.params.get("timeout")
+        if isinstance(timeout, (int, float)) and timeout > 0:
+            return float(timeout)
+        provider = self.context.providers.get(request.provider)
+        value = getattr(getattr(provider, "config", None), "timeout", None)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def _timed_out(self, request: Request, timeout: float | None) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            f"gave up after {timeout} s waiting for an identical request already in flight",
+            provider=request.provider,
+            model=request.model,
+        )
+
+    def _shared_completion(self, flight: Flight, request: Request) -> Completion:
+        if flight.stream:
+            result = assemble(flight.chunks, request.model, request.provider)
+            result.cached = True
+            return result
+        if flight.payload is not None:
+            return completion_from_entry(decode(flight.payload) or {})
+        assert flight.result is not None
+        return Completion(**{**{f: getattr(flight.result, f) for f in flight.result.__slots__}, "cached": True})
+
+    # -- the middleware -------------------------------------------------------------------------
+
+    async def ahandle(self, request: Request, call_next: CallNext) -> Completion:
+        options = self.options(request)
+        log: dict[str, Any] = request.state.setdefault("log", {})
+        if options.bypass:
+            log["cache"] = "bypass"
+            return await call_next(request)
+        key = self.key_for(request, options)
+        flight: Flight | None = None
+        if not options.refresh:
+            flight = self.flights.get(key)
+            if flight is None:
+                found = await self._read(key)
+                if found is not None:
+                    self.metrics.hits += 1
+                    log["cache"] = "hit"
+                    return completion_from_entry(found[0])
+                flight = self.flights.get(key)
+        shared = flight is not None
+        if flight is None:
+            self.metrics.misses += 1
+            log["cache"] = "refresh" if options.refresh else "miss"
+            flight = self.flights.start(key, False, partial(self._run_whole, request, call_next, options, key))
+        else:
+            self.metrics.coalesced += 1
+            log["cache"] = "shared"
+        timeout = self._wait_timeout(request, options) if shared else None
+        flight.subscribers += 1
+        try:
+            await wait_result(flight, timeout)
+        except TimeoutError:
+            raise self._timed_out(request, timeout) from None
+        finally:
+            await flight.release()
+        if flight.error is not None:
+            raise flight.error
+        if shared or flight.result is None:
+            return self._shared_completion(flight, request)
+        return flight.result
+
+    async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
+        options = self.options(request)
+        log: dict[str, Any] = request.state.setdefault("log", {})
+        if options.bypass:
+            log["cache"] = "bypass"
+            async for chunk in call_next(request):
+                yield chunk
+            return
+        key = self.key_for(request, options)
+        flight: Flight | None = None
+        if not options.refresh:
+            flight = self.flights.get(key)
+            if flight is None:
+                found = await self._read(key)
+                if found is not None:
+                    self.metrics.hits += 1
+                    log["cache"] = "hit"
+                    for chunk in chunks_from_entry(found[0]):
+                        yield chunk
+                    return
+                flight = self.flights.get(key)
+        shared = flight is not None
+        if flight is None:
+            self.metrics.misses += 1
+            log["cache"] = "refresh" if options.refresh else "miss"
+            flight = self.flights.start(key, True, partial(self._run_stream, request, call_next, options, key))
+        else:
+            self.metrics.coalesced += 1
+            log["cache"] = "shared"
+        timeout = self._wait_timeout(request, options) if shared else None
+        flight.subscribers += 1
+        try:
+            if flight.stream:
+                try:
+                    async for chunk in iterate(flight, shared, timeout):
+                        yield chunk
+                except TimeoutError:
+                    raise self._timed_out(request, timeout) from None
+            else:
+                try:
+                    await wait_result(flight, timeout)
+                except TimeoutError:
+                    raise self._timed_out(request, timeout) from None
+                if flight.error is not None:
+                    raise flight.error
+                entry = decode(flight.payload) if flight.payload else None
+                if entry is None:
+                    entry = entry_from_completion(self._shared_completion(flight, request))
+                for chunk in chunks_from_entry(entry):
+                    yield chunk
+        finally:
+            await flight.release()
+
+    # -- invalidation, stats, lifecycle -----------------------------------------------------------
+
+    async def ainvalidate(self, request: Request) -> bool:
+        """Delete the entry ``request`` would hit (build it with ``client.request(...)``)."""
+        key = self.key_for(request, self.options(request))
+        if self.store.failed(await self.store.call("delete", self.store.backend.delete, key, timeout=5.0)):
+            raise CacheError(f"could not delete the cache entry from the {self.store.backend.name} backend")
+        return True
+
+    async def aclear(self, namespace: str | None = None) -> int:
+        """Delete every entry, or every entry of ``namespace``; returns how many."""
+        if namespace is not None:
+            _namespace(namespace)
+        result = await self.store.call("clear", self.store.backend.clear, namespace, timeout=30.0)
+        if self.store.failed(result):
+            raise CacheError(f"could not clear the {self.store.backend.name} cache backend")
+        count: int = result
+        return count
+
+    async def astats(self) -> dict[str, Any]:
+        """This process's counters, plus the entry count and (file, redis) every process's counters."""
+        out: dict[str, Any] = {"backend": self.config.backend, "circuit": "open" if self.store.circuit_open else "closed"}
+        entries = await self.store.call("count", self.store.backend.count, timeout=10.0)
+        out["entries"] = None if self.store.failed(entries) else entries
+        shared = await self.store.call("stats", self.store.backend.read_stats, timeout=10.0)
+        if not self.store.failed(shared) and shared:
+            out["all_processes"] = shared
+        out["process"] = self.metrics.as_dict()
+        return out
+
+    def invalidate(self, request: Request) -> bool:
+        """Blocking :meth:`ainvalidate`."""
+        return portal.run(self.ainvalidate(request))
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Blocking :meth:`aclear`."""
+        return portal.run(self.aclear(namespace))
+
+    def stats(self) -> dict[str, Any]:
+        """Blocking :meth:`astats`."""
+        return portal.run(self.astats())
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.config.backend, "circuit": "open" if self.store.circuit_open else "closed",
+                **self.metrics.as_dict()}
+
+    async def aclose(self) -> None:
+        await self.store.close()
+
+
+def cache_of(client: Any) -> CacheMiddleware:
+    """The cache middleware of ``client``; when the config does not enable it, one built from the
+    ``[cache]`` section (for ``modelwire cache stats/clear`` and admin scripts).
+
+    :raises ConfigurationError: when the section is invalid.
+    """
+    for mw in getattr(client, "middleware", []):
+        if isinstance(mw, CacheMiddleware):
+            return mw
+    from modelwire.config import validate_section
+
+    config = validate_section(CacheConfig, client.config.sections.get("cache", {}), "cache")
+    return CacheMiddleware(config, MiddlewareContext(client.hook, client.providers))
+
+
+# -- hooks ---------------------------------------------------------------------------------------
+
+
+@hookimpl
+def modelwire_register_middleware(register: Callable[[str, type[Middleware]], None]) -> None:
+    register("cache", CacheMiddleware)
+
+
+@hookimpl(trylast=True)
+def modelwire_cache_key(request: Request) -> str | None:
+    return default_key(request, request.state.get("cache.provider"), str(request.state.get("cache.namespace", "")))
+
+
+@hookimpl(trylast=True)
+def modelwire_cache_should_store(request: Request, response: Completion) -> bool | None:
+    return default_refusal(request, response) is None
+
+
+@hookimpl
+def modelwire_register_commands(register: Callable[..., None]) -> None:
+    from .cache_cli import run_command, setup_command
+
+    register("cache", "cache statistics and invalidation (stats, clear)", setup_command, run_command)
+
+
+@hookimpl
+def modelwire_register_demo_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    from .cache_cli import demo_step
+
+    register("A repeated request answered from the cache", demo_step)

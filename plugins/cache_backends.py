@@ -1,0 +1,286 @@
+"""Storage for the cache, on dogpile.cache backends, holding JSON bytes only.
+
+dogpile's regions pickle values; modelwire never lets them: it talks to the backends' byte-level
+methods (``get_serialized``/``set_serialized``) or stores its own bytes, so a shared Redis or a
+dbm file only ever holds JSON (see :mod:`modelwire.plugins.cache_codec`).
+
+Every backend here is synchronous. ``offload`` says whether the middleware must call it from a
+worker thread (file, redis: real I/O) or may call it inline on the event loop (memory, null:
+dict work that takes microseconds, where a thread hop would cost more than the work).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from dogpile.cache.api import NO_VALUE
+from dogpile.cache.backends.file import DBMBackend
+from dogpile.cache.backends.memory import MemoryBackend
+
+__all__ = ["STATS_KEY", "Backend", "DistributedLock", "FileBackend", "LRUDict", "MemBackend", "NullBackend", "RedisCacheBackend"]
+
+#: ``modelwire cache stats`` runs in its own process, so file and redis backends also keep the
+#: counters of every process that used them, under this key (outside every namespace).
+STATS_KEY = "__modelwire_cache_stats__"
+
+
+class DistributedLock(Protocol):
+    def acquire(self, wait: bool = True) -> Any: ...
+
+    def release(self) -> Any: ...
+
+
+class Backend:
+    """The byte store the middleware uses. Keys are ``<namespace>:<version>:<digest>`` strings."""
+
+    name = "base"
+    #: Whether calls must run in a worker thread (real I/O) rather than on the event loop.
+    offload = False
+
+    def get(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Delete every entry (of ``namespace``); returns how many were deleted."""
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """Number of stored entries."""
+        raise NotImplementedError
+
+    def mutex(self, key: str) -> DistributedLock | None:
+        """A lock shared by every process using this backend, or None when there is none."""
+        return None
+
+    def add_stats(self, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` to the counters shared by every process (no-op when not shared)."""
+
+    def read_stats(self) -> dict[str, int]:
+        """The shared counters, or an empty dict when this backend keeps none."""
+        return {}
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class LRUDict(OrderedDict[str, Any]):
+    """A dict bounded to ``max_entries``: reads refresh an entry, writes evict the least recent."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__()
+        self.max_entries = max_entries
+        self.lock = threading.Lock()  # the sync API and the CLI may touch it from other threads
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        with self.lock:
+            value = super().get(key, default)
+            if value is not default:
+                self.move_to_end(key)
+            return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self.lock:
+            super().__setitem__(key, value)
+            self.move_to_end(key)
+            while len(self) > self.max_entries:
+                self.popitem(last=False)
+
+
+class MemBackend(Backend):
+    """dogpile's MemoryBackend over a bounded LRU dict (dogpile's own dict grows forever)."""
+
+    name = "memory"
+
+    def __init__(self, max_entries: int) -> None:
+        self.data = LRUDict(max_entries)
+        self._dogpile = MemoryBackend({"cache_dict": self.data})
+
+    def get(self, key: str) -> bytes | None:
+        value = self._dogpile.get(key)
+        return None if value is NO_VALUE else value  # type: ignore[no-any-return]
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._dogpile.set(key, value)
+
+    def delete(self, key: str) -> None:
+        with self.data.lock:
+            self.data.pop(key, None)
+
+    def clear(self, namespace: str | None = None) -> int:
+        with self.data.lock:
+            keys = [k for k in self.data if namespace is None or k.startswith(namespace + ":")]
+            for k in keys:
+                del self.data[k]
+        return len(keys)
+
+    def count(self) -> int:
+        return len(self.data)
+
+
+class NullBackend(Backend):
+    """Stores nothing: every read is a miss (single-flight still applies)."""
+
+    name = "null"
+
+    def get(self, key: str) -> bytes | None:
+        return None
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        return None
+
+    def delete(self, key: str) -> None:
+        return None
+
+    def clear(self, namespace: str | None = None) -> int:
+        return 0
+
+    def count(self) -> int:
+        return 0
+
+
+class FileBackend(Backend):
+    """dogpile's DBMBackend: one dbm file guarded by flock read/write lock files, so several
+    processes can share it. Expiry lives in the stored JSON (dbm has none)."""
+
+    name = "file"
+    offload = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._dogpile = DBMBackend({"filename": path})
+
+    def get(self, key: str) -> bytes | None:
+        value = self._dogpile.get_serialized(key)
+        return None if value is NO_VALUE else bytes(value)
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._dogpile.set_serialized(key, value)
+
+    def delete(self, key: str) -> None:
+        self._dogpile.delete(key)
+
+    def clear(self, namespace: str | None = None) -> int:
+        with self._dogpile._dbm_file(True) as db:
+            keys = [k for k in db.keys() if _text(k) != STATS_KEY and (namespace is None or _text(k).startswith(namespace + ":"))]
+            for k in keys:
+                del db[k]
+        return len(keys)
+
+    def count(self) -> int:
+        with self._dogpile._dbm_file(False) as db:
+            return sum(1 for k in db.keys() if _text(k) != STATS_KEY)
+
+    def add_stats(self, deltas: dict[str, int]) -> None:
+        with self._dogpile._dbm_file(True) as db:  # the write lock makes read-modify-write atomic
+            try:
+                current = json.loads(db[STATS_KEY])
+            except Exception:
+                current = {}
+            for name, n in deltas.items():
+                current[name] = int(current.get(name, 0)) + n
+            db[STATS_KEY] = json.dumps(current)
+
+    def read_stats(self) -> dict[str, int]:
+        with self._dogpile._dbm_file(False) as db:
+            try:
+                return {str(k): int(v) for k, v in json.loads(db[STATS_KEY]).items()}
+            except KeyError:
+                return {}
+
+
+class RedisCacheBackend(Backend):
+    """dogpile's RedisBackend (sync redis-py), keys under ``key_prefix``, native expiry per entry,
+    and dogpile's distributed lock (a Redis lock that expires after ``lock_timeout``)."""
+
+    name = "redis"
+    offload = True
+
+    def __init__(self, url: str, key_prefix: str, timeout: float, lock_timeout: float) -> None:
+        from dogpile.cache.backends.redis import RedisBackend
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.prefix = key_prefix
+        self.lock_timeout = lock_timeout
+        self._dogpile = RedisBackend(
+            {
+                "url": url,
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "distributed_lock": True,
+                "thread_local_lock": False,
+                "lock_timeout": lock_timeout,
+                "lock_sleep": 0.02,
+                "lock_blocking_timeout": lock_timeout,
+                # redis-py retries timeouts 3 times by default: that would multiply the cache
+                # timeout; modelwire's circuit breaker decides when to try again instead.
+                "connection_kwargs": {"retry": Retry(NoBackoff(), 0), "health_check_interval": 0},
+            }
+        )
+        self.client = self._dogpile.writer_client
+
+    def get(self, key: str) -> bytes | None:
+        value = self._dogpile.get_serialized(self.prefix + key)
+        return None if value is NO_VALUE else bytes(value)
+
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        if ttl:
+            self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
+        else:
+            self.client.set(self.prefix + key, value)
+
+    def delete(self, key: str) -> None:
+        self._dogpile.delete(self.prefix + key)
+
+    def _scan(self, namespace: str | None) -> list[bytes]:
+        pattern = _glob_escape(self.prefix + (namespace + ":" if namespace is not None else "")) + "*"
+        stats = (self.prefix + STATS_KEY).encode()
+        return [k for k in self.client.scan_iter(match=pattern, count=1000) if k != stats]
+
+    def clear(self, namespace: str | None = None) -> int:
+        keys = self._scan(namespace)
+        for i in range(0, len(keys), 500):
+            self.client.delete(*keys[i : i + 500])
+        return len(keys)
+
+    def count(self) -> int:
+        return len(self._scan(None))
+
+    def lock_name(self, key: str) -> str:
+        """The Redis key of the distributed lock for ``key`` (tests simulate a crashed holder)."""
+        return str(self._dogpile.lock_template.format(self.prefix + key))
+
+    def mutex(self, key: str) -> DistributedLock | None:
+        lock: DistributedLock | None = self._dogpile.get_mutex(self.prefix + key)
+        return lock
+
+    def add_stats(self, deltas: dict[str, int]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for name, n in deltas.items():
+            pipe.hincrby(self.prefix + STATS_KEY, name, n)
+        pipe.execute()
+
+    def read_stats(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.prefix + STATS_KEY)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+

@@ -1,0 +1,183 @@
+"""Stored values: JSON documents, never pickle, turned into fresh objects on every read.
+
+An entry is ``{"v": 1, "exp": <unix time or null>, "kind": "completion" | "stream", ...}``.
+A whole completion keeps its fields (and the provider's raw body as JSON); a stream keeps its
+real chunks, so a streamed hit replays the same deltas, tool-call deltas, finish_reason and
+usage. Either kind answers either kind of request: a stream is assembled into a completion, a
+completion is replayed as a short stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from modelwire.types import Chunk, Completion, ToolCallDelta, Usage
+
+__all__ = [
+    "FORMAT",
+    "CorruptEntry",
+    "assemble",
+    "chunks_from_entry",
+    "completion_from_entry",
+    "decode",
+    "encode",
+    "entry_from_chunks",
+    "entry_from_completion",
+]
+
+#: Version of the stored document; another value is treated as a corrupt (old) entry.
+FORMAT = 1
+
+
+class CorruptEntry(ValueError):
+    """A stored value that is not a modelwire cache document (old format, truncated, foreign)."""
+
+
+def _usage(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _raw(raw: Any) -> Any:
+    """The provider's raw body as plain JSON data (litellm gives pydantic objects)."""
+    if raw is None or isinstance(raw, (dict, list, str, int, float, bool)):
+        return raw
+    dump = getattr(raw, "model_dump", None)
+    if dump is not None:
+        try:
+            return json.loads(json.dumps(dump(), default=str))
+        except Exception:
+            return None
+    return None
+
+
+def entry_from_completion(response: Completion) -> dict[str, Any]:
+    """A JSON-able entry for a whole completion."""
+    return {
+        "v": FORMAT,
+        "kind": "completion",
+        "text": response.text,
+        "finish_reason": response.finish_reason,
+        "model": response.model,
+        "provider": response.provider,
+        "usage": _usage(response.usage),
+        "tool_calls": response.tool_calls,
+        "raw": _raw(response.raw),
+    }
+
+
+def entry_from_chunks(chunks: list[Chunk], final: Completion) -> dict[str, Any]:
+    """A JSON-able entry for a finished stream: its chunks plus the assembled completion."""
+    entry = entry_from_completion(final)
+    entry["kind"] = "stream"
+    entry["chunks"] = [
+        {
+            "text": c.text,
+            "tool_calls": [{"index": t.index, "id": t.id, "name": t.name, "arguments": t.arguments} for t in c.tool_calls],
+            "finish_reason": c.finish_reason,
+            "usage": _usage(c.usage),
+            "index": c.index,
+            "metadata": c.metadata,
+        }
+        for c in chunks
+    ]
+    return entry
+
+
+def encode(entry: dict[str, Any], ttl: float | None) -> bytes:
+    """Serialise ``entry`` with its expiry time; raises TypeError/ValueError when not JSON."""
+    doc = dict(entry)
+    doc["exp"] = time.time() + ttl if ttl else None
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def decode(data: bytes | str) -> dict[str, Any] | None:
+    """The entry stored as ``data``, or None when it has expired.
+
+    :raises CorruptEntry: when ``data`` is not a current-format modelwire entry.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptEntry(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT or doc.get("kind") not in ("completion", "stream"):
+        raise CorruptEntry("not a modelwire cache entry of the current format")
+    exp = doc.get("exp")
+    if exp is not None and exp <= time.time():
+        return None
+    return doc
+
+
+def completion_from_entry(entry: dict[str, Any]) -> Completion:
+    """A fresh :class:`Completion` marked ``cached``. ``entry`` must be a freshly decoded one."""
+    return Completion(
+        text=entry.get("text") or "",
+        finish_reason=entry.get("finish_reason"),
+        model=entry.get("model") or "",
+        provider=entry.get("provider") or "",
+        usage=Usage.from_dict(entry.get("usage")),
+        tool_calls=list(entry.get("tool_calls") or []),
+        cached=True,
+        raw=entry.get("raw"),
+    )
+
+
+def chunks_from_entry(entry: dict[str, Any]) -> list[Chunk]:
+    """Fresh chunks to replay, marked ``cached`` and ``metadata["cache_hit"]``.
+
+    A whole completion is replayed as one content chunk and one finish chunk carrying the usage.
+    """
+    stored = entry.get("chunks")
+    if stored is None:
+        deltas = [
+            ToolCallDelta(i, c.get("id"), (c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments") or "")
+            for i, c in enumerate(entry.get("tool_calls") or [])
+        ]
+        stored_chunks = [Chunk(text=entry.get("text") or "", tool_calls=deltas, cached=True)]
+        stored_chunks.append(
+            Chunk(finish_reason=entry.get("finish_reason"), usage=Usage.from_dict(entry.get("usage")), cached=True)
+        )
+        for chunk in stored_chunks:
+            chunk.metadata["cache_hit"] = True
+        return stored_chunks
+    return [
+        Chunk(
+            text=c.get("text") or "",
+            tool_calls=[ToolCallDelta(t["index"], t.get("id"), t.get("name"), t.get("arguments") or "") for t in c.get("tool_calls") or []],
+            finish_reason=c.get("finish_reason"),
+            usage=Usage.from_dict(c.get("usage")),
+            index=c.get("index") or 0,
+            cached=True,
+            metadata={**(c.get("metadata") or {}), "cache_hit": True},
+        )
+        for c in stored
+    ]
+
+
+def assemble(chunks: list[Chunk], model: str, provider: str) -> Completion:
+    """The completion a finished stream amounts to (choice 0), as :class:`AsyncStream` builds it."""
+    pieces: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish: str | None = None
+    usage: Usage | None = None
+    for chunk in chunks:
+        if chunk.index == 0:
+            pieces.append(chunk.text)
+            for delta in chunk.tool_calls:
+                call = calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                call["name"] = delta.name or call["name"]
+                call["arguments"] += delta.arguments
+            if chunk.finish_reason is not None:
+                finish = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    tool_calls = [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for _, c in sorted(calls.items())
+    ]
+    return Completion("".join(pieces), finish, model, provider, usage, tool_calls)

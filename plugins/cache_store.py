@@ -1,0 +1,220 @@
+"""The middleware's view of a backend: a short timeout on every call, a circuit breaker, counters.
+
+A backend that fails or answers slowly never fails a request: the operation counts as an error,
+is logged as a warning, and the request goes on as a miss. After ``circuit_failures`` failures in
+a row the backend is skipped for ``circuit_reset`` seconds; then one call probes it again, so
+the cache comes back by itself when Redis does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from modelwire.log import logger
+
+from .cache_backends import Backend, DistributedLock
+
+__all__ = ["CacheMetrics", "Store"]
+
+T = TypeVar("T")
+
+_FAILED: Any = object()
+
+#: Counters flushed to a shared backend at most this often (seconds), in the background.
+_FLUSH_EVERY = 2.0
+
+
+@dataclass
+class CacheMetrics:
+    """Counters of one cache middleware (this process).
+
+    ``skipped`` counts responses not stored, by reason; ``errors`` backend calls that failed or
+    timed out (``timeouts`` is the timed-out part); ``circuit_skips`` calls not even tried because
+    the circuit was open; ``coalesced`` requests answered by another identical request in flight.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    coalesced: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    corrupt: int = 0
+    circuit_skips: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in vars(self).items() if k != "skipped"}
+        out["skipped"] = dict(self.skipped)
+        return out
+
+    def flat(self) -> dict[str, int]:
+        out = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        out.update({f"skipped.{k}": v for k, v in self.skipped.items()})
+        return out
+
+
+class Store:
+    """Calls ``backend`` with a timeout, off the event loop when it does I/O.
+
+    :param backend: the byte store.
+    :param timeout: seconds allowed for one get/set/delete.
+    :param circuit_failures: failures in a row that open the circuit.
+    :param circuit_reset: seconds the circuit stays open before a probe.
+    """
+
+    def __init__(self, backend: Backend, timeout: float, circuit_failures: int, circuit_reset: float) -> None:
+        self.backend = backend
+        self.timeout = timeout
+        self.circuit_failures = circuit_failures
+        self.circuit_reset = circuit_reset
+        self.metrics = CacheMetrics()
+        self._failures = 0
+        self._open_until = 0.0
+        self._executor: ThreadPoolExecutor | None = None
+        self._flushed: dict[str, int] = {}
+        self._last_flush = time.monotonic()
+
+    @property
+    def circuit_open(self) -> bool:
+        return self._failures >= self.circuit_failures and time.monotonic() < self._open_until
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="modelwire-cache")
+        return self._executor
+
+    async def call(self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T | Any:
+        """``fn(*args)`` within the timeout; returns ``_FAILED`` (see :meth:`failed`) on any error."""
+        if self.circuit_open:
+            self.metrics.circuit_skips += 1
+            return _FAILED
+        if not self.backend.offload:
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                self._failure(op, exc)
+                return _FAILED
+            self._failures = 0
+            return result
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor(), fn, *args)
+        try:
+            result = await asyncio.wait_for(future, timeout or self.timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.metrics.timeouts += 1
+            self._failure(op, TimeoutError(f"no answer within {timeout or self.timeout} s"))
+            return _FAILED
+        except Exception as exc:
+            self._failure(op, exc)
+            return _FAILED
+        if self._failures >= self.circuit_failures:
+            logger.warning("cache.backend_recovered", backend=self.backend.name)
+        self._failures = 0
+        self._maybe_flush(loop)
+        return result
+
+    @staticmethod
+    def failed(result: Any) -> bool:
+        return result is _FAILED
+
+    def _failure(self, op: str, exc: BaseException) -> None:
+        self.metrics.errors += 1
+        self._failures += 1
+        opening = self._failures >= self.circuit_failures
+        if opening:
+            self._open_until = time.monotonic() + self.circuit_reset
+        logger.warning(
+            "cache.backend_error",
+            backend=self.backend.name,
+            op=op,
+            error_class=type(exc).__name__,
+            error=str(exc)[:200],
+            circuit="open" if opening else "closed",
+            skip_seconds=self.circuit_reset if opening else None,
+        )
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        result = await self.call("get", self.backend.get, key)
+        if self.failed(result) or result is None:
+            return None
+        self.metrics.bytes_read += len(result)
+        data: bytes = result
+        return data
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> bool:
+        result = await self.call("set", self.backend.set, key, value, ttl)
+        if self.failed(result):
+            return False
+        self.metrics.stores += 1
+        self.metrics.bytes_written += len(value)
+        return True
+
+    async def delete(self, key: str) -> bool:
+        return not self.failed(await self.call("delete", self.backend.delete, key))
+
+    async def lock(self, key: str, wait: float) -> DistributedLock | None:
+        """Acquire the backend's distributed lock for ``key`` (waiting up to ``wait`` seconds);
+        None when there is no such lock, it could not be had in time, or the backend failed."""
+        mutex = self.backend.mutex(key)
+        if mutex is None:
+            return None
+        got = await self.call("lock", mutex.acquire, True, timeout=wait)
+        if self.failed(got) or not got:
+            return None
+        return mutex
+
+    async def unlock(self, mutex: DistributedLock) -> None:
+        await self.call("unlock", _release, mutex)
+
+    # -- shared counters ----------------------------------------------------------------------
+
+    def _maybe_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if time.monotonic() - self._last_flush >= _FLUSH_EVERY:
+            self._last_flush = time.monotonic()
+            deltas = self._deltas()
+            if deltas:
+                loop.run_in_executor(self.executor(), _quiet, self.backend.add_stats, deltas)
+
+    def _deltas(self) -> dict[str, int]:
+        now = self.metrics.flat()
+        deltas = {k: v - self._flushed.get(k, 0) for k, v in now.items() if v != self._flushed.get(k, 0)}
+        self._flushed = now
+        return deltas
+
+    async def close(self) -> None:
+        if self.backend.offload and not self.circuit_open:
+            deltas = self._deltas()
+            if deltas:
+                await self.call("stats", self.backend.add_stats, deltas, timeout=max(self.timeout, 1.0))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        try:
+            self.backend.close()
+        except Exception:
+            pass
+
+
+def _release(mutex: DistributedLock) -> None:
+    try:
+        mutex.release()
+    except Exception as exc:  # the lock expired (lock_timeout) and someone else may hold it now
+        logger.warning("cache.lock_release_failed", error_class=type(exc).__name__)
+
+
+def _quiet(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        pass
