@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ContentFilterError",
     "ContextWindowExceededError",
@@ -34,9 +35,11 @@ __all__ = [
     "RequestValidationError",
     "ServerError",
     "ServiceUnavailableError",
+    "StreamDurationExceededError",
     "StreamIdleTimeoutError",
     "StreamInterruptedError",
     "StreamProtocolError",
+    "StreamRepetitionError",
     "UnknownProviderError",
     "redact",
 ]
@@ -69,6 +72,14 @@ class ModelwireError(Exception):
     """
 
     retryable: bool = False
+    #: False when the request surely never reached the server (refused, connect timeout), so a
+    #: retry cannot bill twice; True or None (unknown) otherwise.
+    request_sent: bool | None = None
+    #: Where ``retry_after`` came from: ``"header"`` (Retry-After, authoritative) or ``"hint"``
+    #: (x-ratelimit-reset-*, "try again in ..."), None when unknown.
+    retry_after_source: str | None = None
+    #: After fallbacks: every (target, error) tried, in order, this error's own last.
+    tried: tuple[tuple[str, ModelwireError], ...] = ()
 
     def __init__(
         self,
@@ -135,7 +146,21 @@ class PayloadTooLargeError(RequestValidationError):
 
 
 class ProviderError(ModelwireError):
-    """The provider (or the transport to it) failed."""
+    """The provider (or the transport to it) failed.
+
+    When the failure ended a stream, the stream fills in what the caller had received:
+
+    :ivar partial_text: text of choice 0 received before the failure ("" when none).
+    :ivar chunks: chunks the caller received.
+    :ivar usage_known: whether the provider reported usage before the failure.
+    :ivar partial_tool_calls: tool calls assembled so far, each with ``"complete": False``;
+        never execute them.
+    """
+
+    partial_text: str = ""
+    chunks: int = 0
+    usage_known: bool = False
+    partial_tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 class AuthenticationError(ProviderError):
@@ -179,6 +204,13 @@ class QuotaExceededError(RateLimitError):
     """429 that waiting cannot fix: quota or credit exhausted, or a request above the whole limit."""
 
     retryable = False
+
+
+class CircuitOpenError(ProviderError):
+    """modelwire's circuit breaker refused the call: the provider failed too often recently.
+
+    ``retry_after`` is the time left until a probe request is let through.
+    """
 
 
 class ServerError(ProviderError):
@@ -240,6 +272,16 @@ class StreamProtocolError(StreamInterruptedError):
     """The stream carried bytes that are not valid SSE/JSON/UTF-8."""
 
     retryable = False
+
+
+class StreamDurationExceededError(StreamInterruptedError):
+    """The stream ran longer than its ``max_stream_duration`` cap (slow but steady output)."""
+
+    retryable = False
+
+
+class StreamRepetitionError(StreamInterruptedError):
+    """The model repeated the same delta more times than ``stream_repeat_limit`` allows."""
 
 
 class RateLimitExceeded(ModelwireError):

@@ -187,3 +187,17 @@ def modelwire_error_retryable(request: Request, error: BaseException) -> bool | 
 @hookspec
 def modelwire_stream_chunk(request: Request, chunk: Chunk) -> None:
     """Observe each chunk of a stream as it reaches the caller. Must stay cheap."""
+
+
+@hookspec
+def modelwire_retry_scheduled(request: Request, error: BaseException, attempt: int, delay: float) -> None:
+    """Observe a retry decision: attempt ``attempt`` failed with ``error`` and the retry
+    middleware will try again after ``delay`` seconds.
+
+    :param request: the request (``request.attempt`` is still the failed attempt's number).
+    :param error: the mapped :class:`~modelwire.ModelwireError` that caused the retry.
+    :param attempt: the number of the attempt that failed, starting at 1.
+    :param delay: seconds the middleware sleeps before the next attempt.
+
+    Contract: observer (count or log retries); an exception here is logged and ignored.
+    """

@@ -16,12 +16,11 @@ from typing import Any, ClassVar
 from modelwire.errors import (
     InvalidResponseError,
     MissingAPIKeyError,
-    ModelwireError,
-    StreamInterruptedError,
     remember_secret,
 )
-from modelwire.provider import CheckResult, Provider
-from modelwire.types import Chunk, Completion, Request, ToolCallDelta, Usage
+from modelwire.log import logger
+from modelwire.provider import CheckResult, Provider, StreamSettings
+from modelwire.types import Chunk, Completion, Request, Usage
 
 from .errors import map_exception
 
@@ -71,6 +70,8 @@ class LiteLLMProvider(Provider):
     def prepare(self, request: Request) -> None:
         """Pre-flight checks that must fail before any network call."""
         self.api_key()
+        if request.stream:
+            StreamSettings.resolve(self.config, request.options)  # a bad options["stream"] fails here
 
     def call_args(self, request: Request) -> dict[str, Any]:
         args: dict[str, Any] = {**self.config.params, **request.params}
@@ -100,11 +101,13 @@ class LiteLLMProvider(Provider):
         choices = getattr(response, "choices", None)
         if not choices:
             raise InvalidResponseError(
-                "the provider answered without any choices", provider=self.name, model=request.model
+                "the provider answered 200 without any choices", provider=self.name, model=request.model, status=200
             )
         message = choices[0].message
         tool_calls = [tc.model_dump() for tc in (message.tool_calls or [])]
         usage = getattr(response, "usage", None)
+        if usage is not None and usage.prompt_tokens:
+            _warn_if_truncated(self.name, request, int(usage.prompt_tokens))
         return Completion(
             text=message.content or "",
             finish_reason=choices[0].finish_reason,
@@ -115,36 +118,11 @@ class LiteLLMProvider(Provider):
             raw=response,
         )
 
-    async def astream(self, request: Request) -> AsyncIterator[Chunk]:
-        args = self.call_args(request)
-        args["stream"] = True
-        if self.config.stream_usage and "stream_options" not in args:
-            args["stream_options"] = {"include_usage": True}
-        received = 0
-        finished = False
-        try:
-            stream = await litellm().acompletion(**args)
-            try:
-                async for raw in stream:
-                    chunk = _chunk(raw)
-                    if chunk is None:
-                        continue
-                    received += 1
-                    finished = finished or chunk.finish_reason is not None
-                    yield chunk
-            finally:
-                await _aclose(stream)
-        except ModelwireError:
-            raise
-        except Exception as exc:
-            raise map_exception(exc, provider=self.name, model=request.model) from None
-        if not finished:
-            raise StreamInterruptedError(
-                "the stream ended without a finish_reason",
-                provider=self.name,
-                model=request.model,
-                chunks=received,
-            )
+    def astream(self, request: Request) -> AsyncIterator[Chunk]:
+        """Stream through litellm; faults, timeouts and cleanup: :mod:`modelwire.providers.litellm_stream`."""
+        from .litellm_stream import stream_chunks
+
+        return stream_chunks(self, request)
 
     def check(self) -> CheckResult:
         try:
@@ -163,44 +141,34 @@ class LiteLLMProvider(Provider):
         return {"Authorization": f"Bearer {self.api_key()}"}
 
 
-def _chunk(raw: Any) -> Chunk | None:
-    usage = getattr(raw, "usage", None)
-    choices = getattr(raw, "choices", None) or []
-    if not choices:
-        if usage is None:
-            return None
-        return Chunk(usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
-    choice = choices[0]
-    delta = choice.delta
-    tool_calls = [
-        ToolCallDelta(
-            index=tc.index or 0,
-            id=tc.id,
-            name=tc.function.name if tc.function else None,
-            arguments=(tc.function.arguments or "") if tc.function else "",
+#: Below this many estimated prompt tokens the estimate is too rough to judge truncation.
+_TRUNCATION_MIN_ESTIMATE = 512
+
+
+def _warn_if_truncated(provider: str, request: Request, prompt_tokens: int) -> None:
+    """Warn when the provider counted far fewer prompt tokens than the prompt can hold.
+
+    Ollama's OpenAI endpoint silently cuts prompts longer than its context (2048/4096) and answers
+    200. Roughly 4 characters make a token in English; a count under a third of that estimate is
+    not tokenizer variance. Skipped for small prompts and for 0 (Ollama reports 0 when cached).
+    """
+    chars = 0
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+    estimate = chars // 4
+    if estimate >= _TRUNCATION_MIN_ESTIMATE and prompt_tokens * 3 < estimate:
+        logger.warning(
+            "llm.prompt_truncated_suspected",
+            provider=provider,
+            model=request.model,
+            prompt_tokens=prompt_tokens,
+            estimated_prompt_tokens=estimate,
+            hint="the server may have cut the prompt to its context size (Ollama does this with 200 OK)",
         )
-        for tc in (getattr(delta, "tool_calls", None) or [])
-    ]
-    text = getattr(delta, "content", None) or ""
-    if not (text or tool_calls or choice.finish_reason or usage):
-        return None  # role-only or empty deltas carry nothing a caller needs
-    return Chunk(
-        text=text,
-        tool_calls=tool_calls,
-        finish_reason=choice.finish_reason,
-        usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else None,
-        index=choice.index or 0,
-    )
-
-
-async def _aclose(stream: Any) -> None:
-    for name in ("aclose", "close"):
-        method = getattr(stream, name, None)
-        if method is not None:
-            result = method()
-            if hasattr(result, "__await__"):
-                await result
-            return
 
 
 def check_models(name: str, url: str, headers: dict[str, str], query: dict[str, str]) -> CheckResult:
