@@ -58,7 +58,7 @@ class Client:
         }
         self._lock = threading.Lock()
         sections = self._plugin_sections()
-        context = MiddlewareContext(self.hook, self.providers)
+        context = MiddlewareContext(self.hook, self.providers, self.provider)
         self.middleware: list[Middleware] = [
             self.registry.middleware[name](sections.get(name), context) for name in self._middleware_names()
         ]
@@ -222,13 +222,13 @@ class Client:
     async def _attempt(self, request: Request) -> Completion:
         start = perf_counter()
         try:
-            return await self.providers[request.provider].acomplete(request)
+            return await self.provider(request.provider).acomplete(request)
         except BaseException as exc:
             raise self._failed(request, exc, start) from None
 
     async def _attempt_stream(self, request: Request) -> AsyncIterator[Chunk]:
         start = perf_counter()
-        upstream = self.providers[request.provider].astream(request)
+        upstream = self.provider(request.provider).astream(request)
         try:
             async for chunk in upstream:
                 yield chunk

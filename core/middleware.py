@@ -30,11 +30,15 @@ class MiddlewareContext:
 
     :ivar hook: the plugin manager's hook relay (``hook.modelwire_cache_key(request=...)``).
     :ivar providers: provider instances by name, read-only by convention.
+    :ivar provider: ``provider(name)`` resolves a name like the client does (a registered kind
+        that is not configured gets an instance with defaults; unknown names raise
+        :class:`~modelwire.UnknownProviderError`).
     """
 
-    def __init__(self, hook: Any, providers: dict[str, Any]) -> None:
+    def __init__(self, hook: Any, providers: dict[str, Any], provider: Callable[[str], Any] | None = None) -> None:
         self.hook = hook
         self.providers = providers
+        self.provider = provider or providers.__getitem__
 
 
 class Middleware:
