@@ -50,6 +50,8 @@ class Reply:
         proper end of the chunked body without ``[DONE]``), ``close`` (FIN without the chunked
         terminator), ``abort`` (TCP reset), ``stall`` (send nothing more until the client leaves).
     :param content_length: a Content-Length to announce instead of the real one (a short body).
+    :param drip: for a whole (non-stream) body: send it one byte at a time, this many seconds
+        apart (a trickle that no per-read timeout ever catches).
     """
 
     status: int = 200
@@ -60,6 +62,7 @@ class Reply:
     event_delay: float = 0.0
     ending: Ending = "done"
     content_length: int | None = None
+    drip: float = 0.0
 
     @classmethod
     def completion(
@@ -347,6 +350,13 @@ class FakeServer:
             "x-request-id": f"req-{len(self.requests)}",
             **reply.headers,
         }
+        if reply.drip:
+            writer.write(_head(reply.status, headers))
+            for i in range(len(data)):
+                await asyncio.sleep(reply.drip)
+                writer.write(data[i : i + 1])
+                await writer.drain()
+            return True
         writer.write(_head(reply.status, headers) + data)
         await writer.drain()
         if reply.content_length is not None and reply.content_length > len(data):
