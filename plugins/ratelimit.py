@@ -1,0 +1,226 @@
+"""The ``ratelimit`` middleware: keep each provider, model or key inside its quota, so that the
+application sees waiting instead of 429s.
+
+Configure limits in ``[ratelimit]`` (see docs/ratelimit.md)::
+
+    middleware = ["cache", "retry", "ratelimit"]
+    [ratelimit]
+    backend = "memory"
+    limits = [{ match = "openai/*", rps = 10, rpm = 500, tpm = 200000, concurrency = 50 }]
+
+Per call, ``options={"ratelimit": {"max_wait": 2.0}}`` shortens (or lengthens) the queue
+deadline. The middleware sits inside retry (every attempt takes a permit) and inside the cache
+(a hit takes none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from modelwire.errors import RequestValidationError
+from modelwire.hookspecs import hookimpl
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
+
+from .ratelimit_config import RateLimitConfig, estimate_tokens, match_rule
+from .ratelimit_engine import Engine, Permit
+
+__all__ = ["RateLimitConfig", "RateLimitMiddleware"]
+
+
+class RateLimitMiddleware(Middleware):
+    """Waits for request, token and concurrency permits before each attempt.
+
+    :param config: the validated ``[ratelimit]`` section.
+    :param context: hook relay and providers of the client.
+    """
+
+    Config = RateLimitConfig
+
+    def __init__(self, config: RateLimitConfig | None, context: MiddlewareContext) -> None:
+        super().__init__(config or RateLimitConfig(), context)
+        self.config: RateLimitConfig = self.config
+        self.engine = Engine(self.config)
+        hook = getattr(context.hook, "modelwire_limit_spec", None)
+        self._spec_hook = hook if hook is not None and hook.get_hookimpls() else None
+        delayed = getattr(context.hook, "modelwire_limit_delayed", None)
+        self._delayed_hook = delayed if delayed is not None and delayed.get_hookimpls() else None
+        self._matches: dict[str, LimitSpec | None] = {}
+
+    # -- per request ---------------------------------------------------------------------------
+
+    def spec(self, request: Request) -> LimitSpec | None:
+        """The bucket of ``request``: a ``modelwire_limit_spec`` hook's answer, else the first
+        configured rule that matches (None: not limited)."""
+        if self._spec_hook is not None:
+            spec: LimitSpec | None = self._spec_hook(request=request)
+            if spec is not None:
+                return spec
+        target = request.target
+        if target in self._matches:
+            return self._matches[target]
+        found = match_rule(self.config, request)
+        if len(self._matches) > 4096:
+            self._matches.clear()
+        self._matches[target] = found
+        return found
+
+    def _max_wait(self, request: Request) -> float:
+        value = request.option("ratelimit", "max_wait", None)
+        if value is None:
+            return self.config.max_wait
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise RequestValidationError(f"options.ratelimit.max_wait must be a number >= 0, got {value!r}")
+        return float(value)
+
+    async def _acquire(self, request: Request) -> Permit | None:
+        spec = self.spec(request)
+        if spec is None:
+            return None
+        plan = self.engine.plan(spec)
+        tokens = prompt = 0
+        if plan.tok_rates:
+            tokens = spec.tokens if spec.tokens is not None else estimate_tokens(request, self.config)
+            completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
+            prompt = max(0, tokens - int(completion or self.config.default_max_tokens))
+        permit = await self.engine.acquire(request, plan, tokens, prompt, self._max_wait(request))
+        request.state.setdefault("log", {})["limiter_wait_ms"] = round(permit.waited * 1000, 2)
+        if permit.waited >= 0.001 and self._delayed_hook is not None:
+            try:
+                self._delayed_hook(request=request, delay=permit.waited)
+            except Exception:  # an observer must not fail the request
+                pass
+        return permit
+
+    async def ahandle(self, request: Request, call_next: CallNext) -> Completion:
+        permit = await self._acquire(request)
+        if permit is None:
+            return await call_next(request)
+        try:
+            response = await call_next(request)
+        except BaseException as exc:
+            await _shielded(self.engine.finish(permit, error=exc))
+            raise
+        await self.engine.finish(permit, usage=response.usage, headers=_headers(response))
+        return response
+
+    async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
+        permit = await self._acquire(request)
+        if permit is None:
+            async for chunk in call_next(request):
+                yield chunk
+            return
+        usage: Usage | None = None
+        error: BaseException | None = None
+        upstream = call_next(request)
+        try:
+            async for chunk in upstream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except BaseException as exc:  # includes GeneratorExit when the consumer stops early
+            error = exc
+            raise
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await _shielded(self.engine.finish(permit, usage=usage if error is None else None, error=error))
+
+    # -- lifecycle and introspection -------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration and counters for ``modelwire plugins``."""
+        s = self.engine.stats
+        return {
+            "backend": self.config.backend,
+            "limits": [rule.model_dump(exclude_none=True, exclude_defaults=True) for rule in self.config.limits],
+            "admitted": s.admitted,
+            "waits": s.waits,
+            "wait_seconds": round(s.wait_seconds, 3),
+            "rejections": s.rejections,
+            "too_large": s.too_large,
+            "cooldowns": s.cooldowns,
+            "backend_errors": s.backend_errors,
+            "fallback_admissions": s.fallback_admissions,
+            "queue_depth": {k: v for k, v in s.queued.items() if v},
+            "in_flight": {k: v for k, v in s.in_flight.items() if v},
+        }
+
+
+async def _shielded(settle: Any) -> None:
+    """Run bookkeeping even when the request's task is being cancelled."""
+    try:
+        await asyncio.shield(settle)
+    except asyncio.CancelledError:
+        pass
+
+
+def _headers(response: Completion) -> dict[str, Any] | None:
+    hidden = getattr(response.raw, "_hidden_params", None)
+    headers = hidden.get("headers") if isinstance(hidden, dict) else None
+    return headers if isinstance(headers, dict) else None
+
+
+# -- plugin hooks ------------------------------------------------------------------------------
+
+
+@hookimpl
+def modelwire_register_middleware(register: Callable[[str, type[Middleware]], None]) -> None:
+    register("ratelimit", RateLimitMiddleware)
+
+
+@hookimpl
+def modelwire_register_commands(register: Callable[..., None]) -> None:
+    register("limits", "configured rate limits and their current usage", _setup_limits, _run_limits)
+
+
+@hookimpl
+def modelwire_register_demo_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    register("Rate limiting: a burst of 8 requests paced to 4 per second", _demo_step)
+
+
+def _setup_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _run_limits(client: Any, args: argparse.Namespace) -> int:
+    from .ratelimit_cli import show_limits
+
+    return show_limits(client, args)
+
+
+def _demo_step(client: Any, server: Any, echo: Callable[[str], None]) -> None:
+    from modelwire.client import Client
+    from modelwire.demo import demo_config
+
+    config = demo_config(server, middleware=["ratelimit"])
+    config["ratelimit"] = {"limits": [{"match": "local/*", "rps": 4}]}
+    limited = Client(config=config)
+    start = time.perf_counter()
+
+    async def one(i: int) -> str:
+        request_start = time.perf_counter()
+        await limited.acomplete(f"burst request {i}", model="local/llama3")
+        return (
+            f"   request {i}: sent at +{(time.perf_counter() - start):.2f} s, "
+            f"waited {(time.perf_counter() - request_start) * 1000:.0f} ms"
+        )
+
+    async def burst() -> list[str]:
+        return list(await asyncio.gather(*(one(i) for i in range(1, 9))))
+
+    from modelwire import portal
+
+    for line in portal.run(burst()):
+        echo(line)
+    stats = limited.middleware[0].describe()
+    echo(f"   {stats['waits']} of 8 waited ({stats['wait_seconds']:.1f} s in all); the server saw no burst above 4/s")
+    limited.close()
