@@ -225,19 +225,27 @@ class CacheMiddleware(Middleware):
             return default_refusal(request, response) or "policy"
         return None
 
-    async def _store(self, request: Request, key: str, response: Completion, payload: bytes | None,
-                     options: CacheOptions) -> None:
+    def _skip_reason(self, request: Request, response: Completion, payload: bytes | None,
+                     options: CacheOptions) -> str | None:
         reason = self._refusal(request, response, options)
         if reason is None and payload is None:
             reason = "not_json"
         if reason is None and payload is not None and len(payload) > self.config.max_value_bytes:
             reason = "too_large"
             logger.info("cache.value_too_large", bytes=len(payload), max_value_bytes=self.config.max_value_bytes)
+        return reason
+
+    async def _finish_and_store(self, flight: Flight, request: Request, key: str, response: Completion,
+                                options: CacheOptions) -> None:
+        """Hand the answer to the subscribers, then store it. An answer that will not be stored
+        leaves the flight table first, so that later requests go upstream instead of sharing it."""
+        reason = self._skip_reason(request, response, flight.payload, options)
         if reason is not None:
             self.metrics.skipped[reason] += 1
-            return
-        assert payload is not None
-        await self.store.set(key, payload, options.ttl if options.ttl is not None else self.config.ttl)
+            flight.retire()
+        flight.finish(response)
+        if reason is None and flight.payload is not None:
+            await self.store.set(key, flight.payload, options.ttl if options.ttl is not None else self.config.ttl)
 
     def _encode(self, entry: dict[str, Any], options: CacheOptions) -> bytes | None:
         try:
@@ -250,7 +258,7 @@ class CacheMiddleware(Middleware):
         have stored the answer meanwhile."""
         if not self._distributed:
             return None, None
-        mutex = await self.store.lock(key, self.config.lock_timeout + self.config.timeout)
+        mutex = await self.store.lock(key, self.config.lock_timeout + 1.0 + self.config.timeout)
         if mutex is None:
             return None, None
         return mutex, await self._read(key)
@@ -268,8 +276,7 @@ class CacheMiddleware(Middleware):
                 return
             response = await call_next(request)
             flight.payload = self._encode(entry_from_completion(response), options)
-            flight.finish(response)
-            await self._store(request, key, response, flight.payload, options)
+            await self._finish_and_store(flight, request, key, response, options)
         finally:
             if mutex is not None:
                 await self.store.unlock(mutex)
@@ -295,8 +302,7 @@ class CacheMiddleware(Middleware):
                     await aclose()
             final = assemble(flight.chunks, request.model, request.provider)
             flight.payload = self._encode(entry_from_chunks(flight.chunks, final), options)
-            flight.finish(final)
-            await self._store(request, key, final, flight.payload, options)
+            await self._finish_and_store(flight, request, key, final, options)
         finally:
             if mutex is not None:
                 await self.store.unlock(mutex)
@@ -367,6 +373,7 @@ class CacheMiddleware(Middleware):
             raise flight.error
         if shared or flight.result is None:
             return self._shared_completion(flight, request)
+        await flight.settled()  # read-your-writes: when the first caller returns, its answer is stored
         return flight.result
 
     async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
@@ -407,6 +414,8 @@ class CacheMiddleware(Middleware):
                         yield chunk
                 except TimeoutError:
                     raise self._timed_out(request, timeout) from None
+                if not shared:
+                    await flight.settled()
             else:
                 try:
                     await wait_result(flight, timeout)

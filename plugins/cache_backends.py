@@ -220,7 +220,8 @@ class RedisCacheBackend(Backend):
                 "thread_local_lock": False,
                 "lock_timeout": lock_timeout,
                 "lock_sleep": 0.02,
-                "lock_blocking_timeout": lock_timeout,
+                # wait a little longer than a lock can live: a crashed holder's lock expires first
+                "lock_blocking_timeout": lock_timeout + 1.0,
                 # redis-py retries timeouts 3 times by default: that would multiply the cache
                 # timeout; modelwire's circuit breaker decides when to try again instead.
                 "connection_kwargs": {"retry": Retry(NoBackoff(), 0), "health_check_interval": 0},

@@ -52,6 +52,7 @@ class Flight:
         self.done = False
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
+        self.table: FlightTable | None = None
         self._changed = asyncio.Event()
 
     def publish(self, chunk: Chunk) -> None:
@@ -61,6 +62,16 @@ class Flight:
     def finish(self, result: Completion | None = None, error: BaseException | None = None) -> None:
         self.result, self.error, self.done = result, error, True
         self._wake()
+
+    def retire(self) -> None:
+        """Leave the table now: later requests must not join (an answer that will not be stored)."""
+        if self.table is not None and self.table.flights.get(self.key) is self:
+            del self.table.flights[self.key]
+
+    async def settled(self) -> None:
+        """Wait until the flight's task has ended (its answer stored), without cancelling it."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait([self.task])
 
     def _wake(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -112,6 +123,7 @@ class FlightTable:
                     flight.finish(error=asyncio.CancelledError())
 
         self.flights[key] = flight
+        flight.table = self
         flight.task = asyncio.get_running_loop().create_task(body(), name=f"modelwire-cache-flight-{key[-12:]}")
         return flight
 

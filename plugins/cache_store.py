@@ -128,6 +128,8 @@ class Store:
 
     def _failure(self, op: str, exc: BaseException) -> None:
         self.metrics.errors += 1
+        if "Timeout" in type(exc).__name__ and not isinstance(exc, TimeoutError):
+            self.metrics.timeouts += 1  # the client library's own socket timeout (redis.TimeoutError)
         self._failures += 1
         opening = self._failures >= self.circuit_failures
         if opening:

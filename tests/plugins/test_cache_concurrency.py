@@ -1,0 +1,186 @@
+"""Single-flight: identical concurrent requests make one upstream call (matrix X01-X03, X06, C16)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import modelwire
+from modelwire.plugins.cache import cache_of
+from modelwire.testing import FakeServer, RedisServer, Reply
+
+MakeClient = Callable[..., modelwire.Client]
+MODEL = "openai/gpt-4o"
+
+
+async def test_x01_hundred_identical_requests_one_upstream_call(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply(body=Reply.completion("the one answer").body, delay=0.3))
+    results = await asyncio.gather(*[client.acomplete("same", model=MODEL) for _ in range(100)])
+    assert server.calls() == 1
+    assert {r.text for r in results} == {"the one answer"} and len(results) == 100
+    assert len({id(r) for r in results}) == 100  # each caller its own object
+    metrics = cache_of(client).metrics
+    assert metrics.stores == 1 and metrics.misses == 1 and metrics.coalesced == 99
+    assert (await client.acomplete("same", model=MODEL)).cached and server.calls() == 1
+
+
+async def test_x01_mixed_whole_and_stream_callers_share_one_call(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply.stream(["one", " shared", " answer"], event_delay=0.05))
+
+    async def stream_text() -> str:
+        return "".join([c.text async for c in client.astream("same", model=MODEL)])
+
+    async def whole_text() -> str:
+        return (await client.acomplete("same", model=MODEL)).text
+
+    results = await asyncio.gather(stream_text(), *[whole_text() for _ in range(5)], *[stream_text() for _ in range(5)])
+    assert set(results) == {"one shared answer"} and server.calls() == 1
+
+
+async def test_x02_same_typed_error_for_all_then_fresh(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply(500, Reply.error(500).body, delay=0.3))
+    results = await asyncio.gather(*[client.acomplete("same", model=MODEL) for _ in range(100)], return_exceptions=True)
+    assert server.calls() == 1
+    assert all(isinstance(r, modelwire.ServerError) for r in results)
+    assert len({type(r) for r in results}) == 1 and len({str(r) for r in results}) == 1
+    assert cache_of(client).store.backend.count() == 0
+    fresh = await client.acomplete("same", model=MODEL)
+    assert fresh.text == "echo: same" and not fresh.cached and server.calls() == 2
+
+
+async def test_x03_hundred_streams_one_upstream_follower_cancel_does_not_hurt(
+    make_client: MakeClient, server: FakeServer
+) -> None:
+    client = make_client(middleware=["cache"])
+    words = [f" w{i}" for i in range(10)]
+    server.script(Reply.stream(words, event_delay=0.03))
+    started = asyncio.Event()
+
+    async def reader(cancel_after: int | None) -> str:
+        pieces = []
+        async for c in client.astream("same", model=MODEL):
+            pieces.append(c.text)
+            started.set()
+            if cancel_after is not None and len(pieces) >= cancel_after:
+                raise asyncio.CancelledError
+        return "".join(pieces)
+
+    leader = asyncio.create_task(reader(None))
+    await started.wait()  # the leader is streaming: everyone after joins its flight
+    followers = [asyncio.create_task(reader(None)) for _ in range(97)]
+    quitter = asyncio.create_task(reader(2))
+    cancelled = asyncio.create_task(reader(None))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    done = await asyncio.gather(leader, *followers, return_exceptions=True)
+    assert set(done) == {"".join(words)}
+    for task in (quitter, cancelled):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert server.calls() == 1
+    replay = "".join([c.text async for c in client.astream("same", model=MODEL)])
+    assert replay == "".join(words) and server.calls() == 1
+
+
+async def test_x03_leader_cancel_does_not_stop_followers(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply.stream(["a", " b", " c", " d", " e"], event_delay=0.05))
+    first = asyncio.Event()
+
+    async def reader() -> str:
+        pieces = []
+        async for c in client.astream("same", model=MODEL):
+            pieces.append(c.text)
+            first.set()
+        return "".join(pieces)
+
+    leader = asyncio.create_task(reader())
+    await first.wait()
+    followers = [asyncio.create_task(reader()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    assert set(await asyncio.gather(*followers)) == {"a b c d e"}
+    assert server.calls() == 1 and cache_of(client).store.backend.count() == 1
+
+
+async def test_x03_leader_failure_reaches_every_follower_nothing_stored(
+    make_client: MakeClient, server: FakeServer
+) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply.stream(["part", " ial"], finish_reason=None, usage=False, ending="abort", event_delay=0.1))
+
+    async def reader() -> str:
+        return "".join([c.text async for c in client.astream("same", model=MODEL)])
+
+    results = await asyncio.gather(*[reader() for _ in range(20)], return_exceptions=True)
+    assert server.calls() == 1
+    assert all(isinstance(r, modelwire.ModelwireError) for r in results), results
+    assert len({type(r) for r in results}) == 1
+    assert cache_of(client).store.backend.count() == 0
+    assert await reader() == "echo: same" and server.calls() == 2
+
+
+async def test_x06_followers_give_up_at_their_own_deadline(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply(body=Reply.completion("late").body, delay=30))  # the leader hangs
+    leader = asyncio.create_task(client.acomplete("same", model=MODEL))
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    results = await asyncio.gather(
+        client.acomplete("same", model=MODEL, options={"cache": {"wait_timeout": 0.3}}),
+        client.acomplete("same", model=MODEL, timeout=0.5),  # the caller's own timeout is its deadline
+        return_exceptions=True,
+    )
+    waited = time.monotonic() - start
+    assert all(isinstance(r, modelwire.ProviderTimeoutError) for r in results), results
+    assert waited < 10, "followers must not wait for the hung leader"
+    stream = client.astream("same", model=MODEL, options={"cache": {"wait_timeout": 0.3}})
+    with pytest.raises(modelwire.ProviderTimeoutError):
+        [c async for c in stream]
+    assert not leader.done() and server.calls() == 1
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await asyncio.sleep(0.05)
+    assert not cache_of(client).flights.flights
+
+
+async def loop_lag_during(work: asyncio.Future[object] | asyncio.Task[object]) -> float:
+    """The worst lateness of a 10 ms ticker while ``work`` runs."""
+    worst = 0.0
+    while not work.done():
+        start = time.perf_counter()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.perf_counter() - start - 0.01)
+    return worst
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+async def test_c16_sync_backends_do_not_block_the_loop(make_client: MakeClient, server: FakeServer, tmp_path: Path,
+                                                       backend: str, redis_server: RedisServer) -> None:
+    from .test_cache_redis import DelayProxy
+
+    proxy = DelayProxy(redis_server.port)
+    section = {"backend": "file", "path": str(tmp_path / "c")} if backend == "file" else \
+        {"backend": "redis", "url": proxy.url, "key_prefix": f"c16:{time.time_ns()}:", "timeout": 5.0}
+    client = make_client(middleware=["cache"], cache=section)
+    await asyncio.gather(*[client.acomplete(f"q{i}", model=MODEL) for i in range(20)])
+    calls = server.calls()
+    proxy.delay = 0.05  # every Redis reply takes 50 ms: 100 of them inline would stall the loop for 5 s
+
+    async def many() -> object:
+        return await asyncio.gather(*[client.acomplete(f"q{i % 20}", model=MODEL) for i in range(100)])
+
+    task = asyncio.ensure_future(many())
+    lag = await loop_lag_during(task)
+    results = await task
+    assert all(r.cached for r in results) and server.calls() == calls  # type: ignore[attr-defined]
+    proxy.close()
+    assert lag < 0.5, f"event loop stalled {lag * 1000:.0f} ms"
