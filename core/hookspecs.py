@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .middleware import Middleware
     from .provider import Provider
-    from .types import Chunk, Completion, LimitSpec, Request
+    from .types import Chunk, Completion, LimitSpec, Request, Usage
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -187,6 +187,34 @@ def modelwire_error_retryable(request: Request, error: BaseException) -> bool | 
 @hookspec
 def modelwire_stream_chunk(request: Request, chunk: Chunk) -> None:
     """Observe each chunk of a stream as it reaches the caller. Must stay cheap."""
+
+
+@hookspec
+def modelwire_stream_end(
+    request: Request,
+    reason: str,
+    chunks: int,
+    first_token_latency: float | None,
+    latency: float,
+    usage: Usage | None,
+    cached: bool,
+    error: BaseException | None,
+) -> None:
+    """Observe the end of a stream, exactly once per stream the caller opened and iterated.
+
+    :param request: the request.
+    :param reason: the finish reason (``stop``, ``length``, ``tool_calls``...), ``done`` ([DONE]
+        without one), ``interrupted``, ``content_filter``, ``error``, ``cancelled`` (task
+        cancelled) or ``cancelled_by_consumer`` (closed, left or dropped early).
+    :param chunks: chunks the caller received.
+    :param first_token_latency: seconds to the first text or tool call, None if none came.
+    :param latency: seconds from the first read to the end.
+    :param usage: the provider's usage, None when unknown (``usage_known`` is ``usage is not None``).
+    :param cached: whether the chunks came from the cache.
+    :param error: the error that ended the stream, None otherwise.
+
+    Contract: observers only, no I/O; may be called from a garbage-collection finalizer.
+    """
 
 
 @hookspec

@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import portal
+from .errors import RequestValidationError
 from .types import Chunk, Completion, Request
 
-__all__ = ["CheckResult", "Provider", "ProviderConfig"]
+__all__ = ["CheckResult", "Provider", "ProviderConfig", "StreamSettings"]
 
 
 class ProviderConfig(BaseModel):
@@ -30,8 +31,51 @@ class ProviderConfig(BaseModel):
     api_version: str | None = None
     api_key_env: str | None = None
     timeout: float = Field(600.0, gt=0)
+    #: Ask for usage in streams (``stream_options.include_usage``); turn off for servers that
+    #: reject ``stream_options`` with a 400 (Groq, old Azure API versions).
     stream_usage: bool = True
+    #: Seconds from the start of a stream attempt to its first chunk with content; None = no limit.
+    first_token_timeout: float | None = Field(60.0, gt=0)
+    #: Seconds without a data event once content flows (SSE keep-alive comments do not count).
+    idle_timeout: float | None = Field(30.0, gt=0)
+    #: Cap on the whole stream attempt, in seconds; None = no cap.
+    max_stream_duration: float | None = Field(None, gt=0)
+    #: Stop a stream whose model repeats the same delta this many times in a row; None = off.
+    stream_repeat_limit: int | None = Field(None, ge=2)
     params: dict[str, Any] = {}
+
+
+class StreamSettings(BaseModel):
+    """The stream guards of one request: the provider's values, overridden per call with
+    ``options={"stream": {"idle_timeout": 5}}`` (same keys as in :class:`ProviderConfig`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_token_timeout: float | None = Field(60.0, gt=0)
+    idle_timeout: float | None = Field(30.0, gt=0)
+    max_stream_duration: float | None = Field(None, gt=0)
+    stream_repeat_limit: int | None = Field(None, ge=2)
+
+    @classmethod
+    def resolve(cls, config: ProviderConfig, options: dict[str, Any] | None) -> StreamSettings:
+        """Merge ``options["stream"]`` over ``config``.
+
+        :raises RequestValidationError: naming ``options.stream.<key>`` for an unknown key or a bad value.
+        """
+        base = {name: getattr(config, name) for name in cls.model_fields}
+        override = (options or {}).get("stream")
+        if override is None:
+            return cls.model_construct(**base)  # already validated with the provider config
+        if not isinstance(override, dict):
+            raise RequestValidationError(f"options.stream must be a dict, got {type(override).__name__}")
+        try:
+            return cls.model_validate({**base, **override})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"options.stream.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            allowed = ", ".join(cls.model_fields)
+            raise RequestValidationError(f"{problems} (allowed keys: {allowed})") from None
 
 
 @dataclass(slots=True)

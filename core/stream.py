@@ -1,13 +1,28 @@
-"""Stream objects returned by ``Client.astream`` and ``Client.stream``."""
+"""Stream objects returned by ``Client.astream`` and ``Client.stream``.
+
+A stream either ends with a finish_reason (or ``[DONE]``) or raises: an interrupted stream raises
+:class:`~modelwire.StreamInterruptedError` (or a subclass, or the mapped provider error) after the
+chunks that did arrive, and the error carries what the caller received (``partial_text``,
+``chunks``, ``usage_known``, ``partial_tool_calls``). Memory per chunk is O(1) beyond the
+accumulated text: chunks are not kept.
+
+Closing (``aclose``/``close``, leaving the ``with`` block, garbage collection) or cancelling the
+consuming task closes the upstream response, which frees its pooled connection. Every stream end
+fires ``modelwire_stream_end`` once (the logging plugin turns it into one ``llm.stream_end``
+event); a successful end also fires ``modelwire_response_received`` with the assembled
+:class:`Completion`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from . import portal
-from .errors import ModelwireError, ProviderError
+from .errors import ContentFilterError, ModelwireError, ProviderError, StreamInterruptedError
 from .types import Chunk, Completion, Request, Usage
 
 if TYPE_CHECKING:
@@ -16,103 +31,258 @@ if TYPE_CHECKING:
 __all__ = ["AsyncStream", "SyncStream"]
 
 
+class _ToolCall:
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.arguments = io.StringIO()
+
+    def as_dict(self) -> dict[str, Any]:
+        function = {"name": self.name, "arguments": self.arguments.getvalue()}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+class _Choice:
+    """One choice being assembled; text in a StringIO, so no per-chunk string objects are kept."""
+
+    __slots__ = ("finish_reason", "text", "tool_calls")
+
+    def __init__(self) -> None:
+        self.text = io.StringIO()
+        self.tool_calls: dict[int, _ToolCall] = {}
+        self.finish_reason: str | None = None
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [call.as_dict() for _, call in sorted(self.tool_calls.items())]
+
+
 class AsyncStream:
     """An async iterator of :class:`Chunk`, and a context manager that closes the upstream.
 
-    While iterating it keeps the text (``stream.text``), the finish reason, the usage and the
-    assembled tool calls; after the end, :meth:`get_final_completion` returns them as a
+    While iterating it keeps the text of each choice (``stream.text`` is choice 0), finish
+    reasons, the latest usage (cumulative, so the last value is the total) and the assembled tool
+    calls; after a successful end :meth:`get_final_completion` returns them as a
     :class:`Completion`.
 
     >>> async with client.astream("Tell a story", model="local/llama3") as stream:  # doctest: +SKIP
     ...     async for chunk in stream:
     ...         print(chunk.text, end="")
+    >>> stream.get_final_completion().usage  # doctest: +SKIP
+
+    :ivar chunks: chunks received so far.
+    :ivar usage: the provider's usage, None while unknown (never estimated); see :attr:`usage_known`.
+    :ivar metadata: provider extras seen in the stream (Azure ``prompt_filter_results``,
+        ``content_filter_results``...), the latest value per key.
+    :ivar first_token_latency: seconds from the first ``__anext__`` to the first text or tool call.
+    :ivar end_reason: None while open; then the finish reason, ``done`` ([DONE] without one),
+        ``interrupted``, ``content_filter``, ``error``, ``cancelled`` or ``cancelled_by_consumer``.
     """
 
     def __init__(self, client: Client, request: Request, chunks: AsyncIterator[Chunk]) -> None:
         self.request = request
         self._client = client
         self._chunks = chunks
-        self._pieces: list[str] = []
-        self._tool_calls: dict[int, dict[str, Any]] = {}
-        self._start = perf_counter()
+        self._choices: dict[int, _Choice] = {}
         self._observe = bool(client.hook.modelwire_stream_chunk.get_hookimpls())
-        self.finish_reason: str | None = None
+        self._start: float | None = None
+        self.first_token_latency: float | None = None
         self.usage: Usage | None = None
+        self.metadata: dict[str, Any] = {}
         self.cached = False
         self.chunks = 0
-        self._final: Completion | None = None
+        self.end_reason: str | None = None
+        self._final: dict[int, Completion] | None = None
 
     def __aiter__(self) -> AsyncStream:
         return self
 
     async def __anext__(self) -> Chunk:
+        if self.end_reason is not None:
+            raise StopAsyncIteration
+        if self._start is None:
+            self._start = perf_counter()
         try:
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
             self._finish()
             raise
-        except ModelwireError:
+        except ModelwireError as exc:
+            self._fail(exc)
+            raise
+        except asyncio.CancelledError:
+            self._end("cancelled")
             raise
         except Exception as exc:
-            raise ProviderError(
+            error = ProviderError(
                 f"unexpected {type(exc).__name__} in the stream pipeline: {exc}",
                 provider=self.request.provider,
                 model=self.request.model,
-            ) from exc
+            )
+            self._fail(error)
+            raise error from None
+        except BaseException:
+            self._end("cancelled")
+            raise
         self.chunks += 1
-        if chunk.index == 0:
-            if chunk.text:
-                self._pieces.append(chunk.text)
-            for delta in chunk.tool_calls:
-                call = self._tool_calls.setdefault(delta.index, {"id": None, "name": None, "arguments": ""})
-                call["id"] = delta.id or call["id"]
-                call["name"] = delta.name or call["name"]
-                call["arguments"] += delta.arguments
-        if chunk.finish_reason is not None and chunk.index == 0:
-            self.finish_reason = chunk.finish_reason
+        choice = self._choices.get(chunk.index)
+        if choice is None:
+            choice = self._choices[chunk.index] = _Choice()
+        if chunk.text:
+            choice.text.write(chunk.text)
+            if self.first_token_latency is None:
+                self.first_token_latency = perf_counter() - self._start
+        if chunk.tool_calls:
+            self._add_tool_calls(choice, chunk)
+        if chunk.finish_reason is not None:
+            choice.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
-        self.cached = self.cached or chunk.cached
+        if chunk.metadata:
+            self.metadata.update(chunk.metadata)
+        if chunk.cached:
+            self.cached = True
         if self._observe:
             self._client.notify(self._client.hook.modelwire_stream_chunk, request=self.request, chunk=chunk)
         return chunk
 
+    def _add_tool_calls(self, choice: _Choice, chunk: Chunk) -> None:
+        if self.first_token_latency is None and self._start is not None:
+            self.first_token_latency = perf_counter() - self._start
+        for delta in chunk.tool_calls:
+            call = choice.tool_calls.get(delta.index)
+            if call is None:
+                call = choice.tool_calls[delta.index] = _ToolCall()
+            call.id = delta.id or call.id
+            call.name = delta.name or call.name
+            if delta.arguments:
+                call.arguments.write(delta.arguments)
+
+    # -- what has arrived ------------------------------------------------------------------------
+
     @property
     def text(self) -> str:
         """The text of choice 0 received so far."""
-        return "".join(self._pieces)
+        return self.choice_text(0)
+
+    def choice_text(self, index: int) -> str:
+        """The text of choice ``index`` (``n > 1``) received so far."""
+        choice = self._choices.get(index)
+        return choice.text.getvalue() if choice is not None else ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Choice 0's finish reason, once it arrived."""
+        choice = self._choices.get(0)
+        return choice.finish_reason if choice is not None else None
+
+    @property
+    def usage_known(self) -> bool:
+        """Whether the provider reported usage; False means :attr:`usage` is None, not zero."""
+        return self.usage is not None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Choice 0's tool calls assembled so far (complete only after a successful end)."""
+        choice = self._choices.get(0)
+        return choice.calls() if choice is not None else []
+
+    def get_final_completion(self, index: int = 0) -> Completion:
+        """The whole completion of choice ``index``; only after the stream ended successfully."""
+        if self._final is None:
+            raise ModelwireError(
+                "the stream has not finished successfully: iterate it to the end first"
+                + (f" (it ended: {self.end_reason})" if self.end_reason else "")
+            )
+        if index not in self._final:
+            raise ModelwireError(f"the stream has no choice {index} (choices: {sorted(self._final)})")
+        return self._final[index]
+
+    def get_final_completions(self) -> list[Completion]:
+        """One completion per choice, by index (``n > 1``)."""
+        final = self._final
+        if final is None:
+            self.get_final_completion()  # raises with the reason
+            return []
+        return [final[i] for i in sorted(final)]
+
+    # -- ends ------------------------------------------------------------------------------------
+
+    def _completion(self, index: int, choice: _Choice) -> Completion:
+        return Completion(
+            text=choice.text.getvalue(),
+            finish_reason=choice.finish_reason,
+            model=self.request.model,
+            provider=self.request.provider,
+            usage=self.usage,
+            tool_calls=choice.calls(),
+            cached=self.cached,
+        )
 
     def _finish(self) -> None:
         if self._final is not None:
             return
-        tool_calls = [
-            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-            for _, c in sorted(self._tool_calls.items())
-        ]
-        self._final = Completion(
-            text=self.text,
-            finish_reason=self.finish_reason,
-            model=self.request.model,
-            provider=self.request.provider,
-            usage=self.usage,
-            tool_calls=tool_calls,
-            cached=self.cached,
-        )
-        self._client.notify(
-            self._client.hook.modelwire_response_received,
-            request=self.request,
-            response=self._final,
-            latency=perf_counter() - self._start,
-        )
+        choices = self._choices or {0: _Choice()}
+        self._final = {i: self._completion(i, c) for i, c in sorted(choices.items())}
+        final = self._final[min(self._final)]
+        self._end(final.finish_reason or "done", response=final)
 
-    def get_final_completion(self) -> Completion:
-        """The whole completion; only after the stream has ended successfully."""
-        if self._final is None:
-            raise ModelwireError("the stream has not finished yet: iterate it to the end first")
-        return self._final
+    def _fail(self, exc: ModelwireError) -> None:
+        if isinstance(exc, ProviderError):
+            exc.partial_text = self.text
+            exc.chunks = self.chunks
+            exc.usage_known = self.usage_known
+            choice = self._choices.get(0)
+            exc.partial_tool_calls = tuple(
+                {**call, "complete": False} for call in (choice.calls() if choice is not None else [])
+            )
+        if isinstance(exc, StreamInterruptedError):
+            reason = "interrupted"
+        elif isinstance(exc, ContentFilterError):
+            reason = "content_filter"
+        else:
+            reason = "error"
+        self._end(reason, error=exc)
+
+    def _end(self, reason: str, *, error: BaseException | None = None, response: Completion | None = None) -> None:
+        """Record the end once and tell the observers."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        latency = perf_counter() - self._start if self._start is not None else 0.0
+        hook = self._client.hook
+        if response is not None:
+            # A successful end is logged once, as the response event: give it the stream's figures.
+            first = self.first_token_latency
+            log = self.request.state.setdefault("log", {})
+            log.update(
+                stream_reason=reason,
+                chunks=self.chunks,
+                first_token_ms=round(first * 1000, 2) if first is not None else None,
+                usage_known=self.usage is not None,
+            )
+            self._client.notify(
+                hook.modelwire_response_received, request=self.request, response=response, latency=latency
+            )
+        self._client.notify(
+            hook.modelwire_stream_end,
+            request=self.request,
+            reason=reason,
+            chunks=self.chunks,
+            first_token_latency=self.first_token_latency,
+            latency=latency,
+            usage=self.usage,
+            cached=self.cached,
+            error=error,
+        )
 
     async def aclose(self) -> None:
-        """Stop early: closes the upstream response and frees its connection."""
+        """Stop early: closes the upstream response and frees its connection. Idempotent."""
+        if self._start is not None:
+            self._end("cancelled_by_consumer")
+        else:
+            self.end_reason = self.end_reason or "cancelled_by_consumer"
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -123,9 +293,20 @@ class AsyncStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def __del__(self) -> None:
+        # Dropped mid-way: report the end; the pipeline's async generators are closed by the
+        # event loop's async-generator finalizer, which closes the upstream response.
+        if self.end_reason is None and self._start is not None:
+            try:
+                self._end("cancelled_by_consumer")
+            except Exception:
+                pass
+
 
 class SyncStream:
-    """The blocking twin of :class:`AsyncStream`: each ``next()`` pulls one chunk."""
+    """The blocking twin of :class:`AsyncStream`: each ``next()`` pulls one chunk from the
+    upstream (a real stream, not a buffered one), on modelwire's background loop; usable from any
+    thread, including while another event loop runs."""
 
     def __init__(self, stream: AsyncStream) -> None:
         self._stream = stream
@@ -140,17 +321,53 @@ class SyncStream:
             raise StopIteration from None
 
     @property
-    def text(self) -> str:
-        return self._stream.text
+    def stream(self) -> AsyncStream:
+        """The underlying :class:`AsyncStream` (counters, metadata)."""
+        return self._stream
 
     @property
     def request(self) -> Request:
         return self._stream.request
 
-    def get_final_completion(self) -> Completion:
-        return self._stream.get_final_completion()
+    @property
+    def text(self) -> str:
+        return self._stream.text
+
+    def choice_text(self, index: int) -> str:
+        return self._stream.choice_text(index)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    @property
+    def usage_known(self) -> bool:
+        return self._stream.usage_known
+
+    @property
+    def chunks(self) -> int:
+        return self._stream.chunks
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._stream.metadata
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self._stream.tool_calls
+
+    def get_final_completion(self, index: int = 0) -> Completion:
+        return self._stream.get_final_completion(index)
+
+    def get_final_completions(self) -> list[Completion]:
+        return self._stream.get_final_completions()
 
     def close(self) -> None:
+        """Stop early: closes the upstream response and frees its connection. Idempotent."""
         portal.run(self._stream.aclose())
 
     def __enter__(self) -> SyncStream:

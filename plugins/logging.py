@@ -11,7 +11,7 @@ from typing import Any
 
 from modelwire.hookspecs import hookimpl
 from modelwire.log import logger
-from modelwire.types import Completion, Request
+from modelwire.types import Completion, Request, Usage
 
 __all__: list[str] = []
 
@@ -49,4 +49,41 @@ def modelwire_request_failed(request: Request, error: BaseException, attempt: in
         error_class=type(error).__name__,
         error=str(error),
         **fields,
+    )
+
+
+_BROKEN_ENDS = frozenset({"interrupted", "error", "content_filter"})
+
+
+@hookimpl
+def modelwire_stream_end(
+    request: Request,
+    reason: str,
+    chunks: int,
+    first_token_latency: float | None,
+    latency: float,
+    usage: Usage | None,
+    cached: bool,
+    error: BaseException | None,
+) -> None:
+    """``llm.stream_end`` for a stream that did not end successfully (a successful one was logged
+    as ``llm.response``, with the stream's figures); a warning when it broke."""
+    if error is None and not reason.startswith("cancelled"):
+        return
+    log = logger.warning if reason in _BROKEN_ENDS else logger.info
+    log(
+        "llm.stream_end",
+        provider=request.provider,
+        model=request.model,
+        attempt=request.attempt,
+        reason=reason,
+        chunks=chunks,
+        first_token_ms=round(first_token_latency * 1000, 2) if first_token_latency is not None else None,
+        latency_ms=round(latency * 1000, 2),
+        usage_known=usage is not None,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        cached=cached,
+        error_class=type(error).__name__ if error is not None else None,
+        **request.state.get("log", {}),
     )
