@@ -12,7 +12,8 @@ loop at once: ``middleware = ["cache", "fallback", "retry", "circuit", "ratelimi
 
 What counts as a failure: 5xx, timeouts, broken or refused connections, invalid 200 bodies and
 streams that broke before their first chunk. A 4xx other than 429 proves the provider is up and
-counts as a success; 429s are left to the rate limiter (its shared cooldown) and count as neither.
+counts as a success; 429s are left to the rate limiter (its shared cooldown) and count as neither,
+unless ``count_rate_limits = true``.
 
 State is shown by ``modelwire plugins``.
 """
@@ -61,6 +62,9 @@ class CircuitConfig(BaseModel):
     window: float = Field(60.0, gt=0)
     #: seconds an open circuit refuses calls before letting one probe through.
     cooldown: float = Field(30.0, gt=0)
+    #: count 429s as failures too (router-style cooldown of a saturated deployment, so that
+    #: ``fallback`` skips it); off by default because pacing 429s is the rate limiter's job.
+    count_rate_limits: bool = False
 
 
 class Breaker:
@@ -169,7 +173,7 @@ class CircuitMiddleware(Middleware):
         return breaker
 
     def _record(self, breaker: Breaker, error: BaseException) -> None:
-        if isinstance(error, _FAILURES):
+        if isinstance(error, _FAILURES) or (self.config.count_rate_limits and isinstance(error, RateLimitError)):
             breaker.failure(self.clock(), error)
         elif isinstance(error, ProviderError) and not isinstance(error, (RateLimitError, CircuitOpenError)):
             breaker.success(self.clock())  # the provider answered; the request itself was the problem
