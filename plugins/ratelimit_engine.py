@@ -167,12 +167,12 @@ class Engine:
             semaphore = state.semaphores.get(plan.key)
             if semaphore is None:
                 semaphore = state.semaphores[plan.key] = asyncio.Semaphore(plan.concurrency)
-            await self._queue(semaphore.acquire(), plan, deadline, start, request, "a concurrency slot")
+            await self._queue(semaphore, plan, deadline, start, request, "a concurrency slot")
         try:
             lock = state.locks.get(plan.key)
             if lock is None:
                 lock = state.locks[plan.key] = asyncio.Lock()
-            await self._queue(lock.acquire(), plan, deadline, start, request, "its turn in the queue", state)
+            await self._queue(lock, plan, deadline, start, request, "its turn in the queue", state)
             try:
                 backend, ticket, held = await self._admit(request, plan, units, start, deadline, state)
             finally:
@@ -192,7 +192,7 @@ class Engine:
 
     async def _queue(
         self,
-        acquire: Any,
+        primitive: asyncio.Lock | asyncio.Semaphore,
         plan: Plan,
         deadline: float,
         start: float,
@@ -201,10 +201,13 @@ class Engine:
         state: _LoopState | None = None,
     ) -> None:
         """Wait for a FIFO primitive until ``deadline``."""
+        if not primitive.locked():
+            await primitive.acquire()  # free and nobody waiting: taken without yielding
+            return
         ahead = self.stats.queued[plan.key]
         self.stats.queued[plan.key] += 1
         try:
-            await asyncio.wait_for(acquire, max(0.0, deadline - time.monotonic()))
+            await asyncio.wait_for(primitive.acquire(), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             now = time.monotonic()
             needed: float | None = None
