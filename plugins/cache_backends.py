@@ -11,6 +11,7 @@ dict work that takes microseconds, where a thread hop would cost more than the w
 
 from __future__ import annotations
 
+import dbm
 import json
 import threading
 from collections import OrderedDict
@@ -159,11 +160,35 @@ class FileBackend(Backend):
         self._dogpile = DBMBackend({"filename": path})
 
     def get(self, key: str) -> bytes | None:
-        value = self._dogpile.get_serialized(key)
+        try:
+            value = self._dogpile.get_serialized(key)
+        except (ValueError, SyntaxError, *dbm.error) as exc:
+            self._recreate(exc)
+            raise
         return None if value is NO_VALUE else bytes(value)
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self._dogpile.set_serialized(key, value)
+        try:
+            self._dogpile.set_serialized(key, value)
+        except (ValueError, SyntaxError, *dbm.error) as exc:
+            self._recreate(exc)
+            raise
+
+    def _recreate(self, exc: BaseException) -> None:
+        """The dbm file is unreadable (truncated or overwritten index): start an empty one, under
+        the write lock so another process never sees it half-made. The caller's op still fails
+        (a miss with a warning); the next one works again."""
+        from modelwire.log import logger
+
+        with self._dogpile._use_rw_lock(True):
+            try:
+                with dbm.open(self.path, "r"):
+                    return  # another process repaired it meanwhile
+            except Exception:
+                pass
+            with dbm.open(self.path, "n"):
+                pass
+        logger.warning("cache.file_recreated", path=self.path, error_class=type(exc).__name__)
 
     def delete(self, key: str) -> None:
         self._dogpile.delete(key)

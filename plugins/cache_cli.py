@@ -49,12 +49,12 @@ def demo_step(client: Any, server: Any, echo: Callable[[str], None]) -> None:
     if own:
         client = Client(config={**demo_config(server, middleware=["cache"]), "cache": {"backend": "memory"}})
     cache = cache_of(client)
-    prompt = f"What is the capital of France? (cache demo {time.time_ns()})"
+    prompt = "What is the capital of France?"
     before = server.calls()
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        response = client.complete(prompt, model="openai/gpt-4o", temperature=0)
+        response = client.complete(prompt, model="local/llama3", temperature=0)
         timings.append((time.perf_counter() - start) * 1000)
         echo(f"   {'cache hit ' if response.cached else 'from server'} {timings[-1]:8.3f} ms  -> {response.text!r}")
     saved = timings[0] - timings[1]
