@@ -291,6 +291,8 @@ def map_exception(exc: BaseException, *, provider: str, model: str) -> e.Modelwi
         detail = _short(str(getattr(embedded, "message", None) or embedded or text))
         text = f"the provider answered 200 with an error body: {detail}"
         numeric = _int(code)
+        if numeric == 422:  # litellm's stand-in when the embedded error has no code
+            numeric = None
         kind = _class_for(numeric, f"{code} {text}", "") if numeric and numeric >= 400 else _class_for(None, text, "")
         if kind is e.ProviderError:
             kind = e.ServerError

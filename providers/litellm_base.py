@@ -101,7 +101,11 @@ class LiteLLMProvider(Provider):
         choices = getattr(response, "choices", None)
         if not choices:
             raise InvalidResponseError(
-                "the provider answered 200 without any choices", provider=self.name, model=request.model, status=200
+                "the provider answered 200 without any choices",
+                provider=self.name,
+                model=request.model,
+                status=200,
+                body=_excerpt(response),
             )
         message = choices[0].message
         tool_calls = [tc.model_dump() for tc in (message.tool_calls or [])]
@@ -139,6 +143,14 @@ class LiteLLMProvider(Provider):
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
+
+
+def _excerpt(response: Any) -> str:
+    dump = getattr(response, "model_dump_json", None)
+    try:
+        return str(dump() if dump is not None else response)[:300]
+    except Exception:  # an excerpt must never hide the real error
+        return type(response).__name__
 
 
 #: Below this many estimated prompt tokens the estimate is too rough to judge truncation.
