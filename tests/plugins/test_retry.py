@@ -19,7 +19,8 @@ from modelwire.hookspecs import hookimpl
 from modelwire.plugins.retry import RetryMiddleware, backoff_delay
 from modelwire.testing import FakeServer, Reply
 
-P1 = "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000."
+P1 = ("Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, "
+      "Requested 2000.")
 
 
 class FakeTime:

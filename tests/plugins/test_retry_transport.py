@@ -97,7 +97,8 @@ async def test_r06_ambiguous_timeout_double_billing(make_client: Any, server: Fa
         retry={"max_attempts": 2, "base_delay": 0.01, "retry_on_timeout": retry_on_timeout},
         providers={"openai": {"api_base": server.openai_url, "timeout": 0.3}},
     )
-    server.script(Reply(body=Reply.completion("billed").body, delay=0.8), Reply(body=Reply.completion().body, delay=0.8))
+    slow = Reply(body=Reply.completion("billed").body, delay=0.8)  # answers after the client gave up
+    server.script(slow, slow)
     with capture_logs() as logs:
         with pytest.raises(modelwire.ProviderTimeoutError):
             await client.acomplete("write a novel", model="openai/gpt-4o")

@@ -112,8 +112,8 @@ CASES: list[tuple[str, Reply, str, type[modelwire.ModelwireError], int | None, b
      "azure/wrong-deploy", modelwire.NotFoundError, 404, False, "'wrong-deploy'"),
     ("azure Resource not found", Reply(404, {"error": {"code": "404", "message": "Resource not found"}}),
      "azure/dep", modelwire.NotFoundError, 404, False, "api_version"),
-    ("azure 429 string code", Reply(429, {"error": {"code": "429", "message": "Requests ... have exceeded token rate "
-                                                   "limit of your current pricing tier. Please retry after 7 seconds."}},
+    ("azure 429 string code", Reply(429, {"error": {"code": "429", "message": "Requests ... have exceeded token "
+                                                   "rate limit of your pricing tier. Please retry after 7 seconds."}},
                                     headers={"Retry-After": "7"}),
      "azure/dep", modelwire.RateLimitError, 429, True, "retry after 7"),
     ("azure content filter P6", Reply(400, P6), "azure/dep", modelwire.ContentFilterError, 400, False, "filtered"),
