@@ -452,7 +452,8 @@ class CacheMiddleware(Middleware):
 
     async def astats(self) -> dict[str, Any]:
         """This process's counters, plus the entry count and (file, redis) every process's counters."""
-        out: dict[str, Any] = {"backend": self.config.backend, "circuit": "open" if self.store.circuit_open else "closed"}
+        circuit = "open" if self.store.circuit_open else "closed"
+        out: dict[str, Any] = {"backend": self.config.backend, "circuit": circuit}
         entries = await self.store.call("count", self.store.backend.count, timeout=10.0)
         out["entries"] = None if self.store.failed(entries) else entries
         shared = await self.store.call("stats", self.store.backend.read_stats, timeout=10.0)

@@ -17,11 +17,25 @@ import threading
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from dogpile.cache.api import NO_VALUE
-from dogpile.cache.backends.file import DBMBackend
-from dogpile.cache.backends.memory import MemoryBackend
+from dogpile.cache import api as _api
+from dogpile.cache.backends import file as _file
+from dogpile.cache.backends import memory as _memory
 
-__all__ = ["STATS_KEY", "Backend", "DistributedLock", "FileBackend", "LRUDict", "MemBackend", "NullBackend", "RedisCacheBackend"]
+__all__ = [
+    "STATS_KEY",
+    "Backend",
+    "DistributedLock",
+    "FileBackend",
+    "LRUDict",
+    "MemBackend",
+    "NullBackend",
+    "RedisCacheBackend",
+]
+
+# dogpile.cache ships no type hints: its backends are handled as Any.
+NO_VALUE: Any = _api.NO_VALUE
+MemoryBackend: Any = _memory.MemoryBackend
+DBMBackend: Any = _file.DBMBackend
 
 #: ``modelwire cache stats`` runs in its own process, so file and redis backends also keep the
 #: counters of every process that used them, under this key (outside every namespace).
@@ -81,7 +95,7 @@ class LRUDict(OrderedDict[str, Any]):
         self.max_entries = max_entries
         self.lock = threading.Lock()  # the sync API and the CLI may touch it from other threads
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         with self.lock:
             value = super().get(key, default)
             if value is not default:
@@ -103,11 +117,11 @@ class MemBackend(Backend):
 
     def __init__(self, max_entries: int) -> None:
         self.data = LRUDict(max_entries)
-        self._dogpile = MemoryBackend({"cache_dict": self.data})
+        self._dogpile: Any = MemoryBackend({"cache_dict": self.data})
 
     def get(self, key: str) -> bytes | None:
         value = self._dogpile.get(key)
-        return None if value is NO_VALUE else value  # type: ignore[no-any-return]
+        return None if value is NO_VALUE else bytes(value)
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         self._dogpile.set(key, value)
@@ -157,7 +171,7 @@ class FileBackend(Backend):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._dogpile = DBMBackend({"filename": path})
+        self._dogpile: Any = DBMBackend({"filename": path})
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -195,7 +209,8 @@ class FileBackend(Backend):
 
     def clear(self, namespace: str | None = None) -> int:
         with self._dogpile._dbm_file(True) as db:
-            keys = [k for k in db.keys() if _text(k) != STATS_KEY and (namespace is None or _text(k).startswith(namespace + ":"))]
+            prefix = None if namespace is None else namespace + ":"
+            keys = [k for k in db.keys() if _text(k) != STATS_KEY and (prefix is None or _text(k).startswith(prefix))]
             for k in keys:
                 del db[k]
         return len(keys)
@@ -230,13 +245,14 @@ class RedisCacheBackend(Backend):
     offload = True
 
     def __init__(self, url: str, key_prefix: str, timeout: float, lock_timeout: float) -> None:
-        from dogpile.cache.backends.redis import RedisBackend
+        from dogpile.cache.backends import redis as _redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
         self.prefix = key_prefix
         self.lock_timeout = lock_timeout
-        self._dogpile = RedisBackend(
+        redis_backend: Any = _redis.RedisBackend
+        self._dogpile: Any = redis_backend(
             {
                 "url": url,
                 "socket_timeout": timeout,

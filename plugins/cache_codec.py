@@ -77,7 +77,9 @@ def entry_from_chunks(chunks: list[Chunk], final: Completion) -> dict[str, Any]:
     entry["chunks"] = [
         {
             "text": c.text,
-            "tool_calls": [{"index": t.index, "id": t.id, "name": t.name, "arguments": t.arguments} for t in c.tool_calls],
+            "tool_calls": [
+                {"index": t.index, "id": t.id, "name": t.name, "arguments": t.arguments} for t in c.tool_calls
+            ],
             "finish_reason": c.finish_reason,
             "usage": _usage(c.usage),
             "index": c.index,
@@ -133,10 +135,10 @@ def chunks_from_entry(entry: dict[str, Any]) -> list[Chunk]:
     """
     stored = entry.get("chunks")
     if stored is None:
-        deltas = [
-            ToolCallDelta(i, c.get("id"), (c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments") or "")
-            for i, c in enumerate(entry.get("tool_calls") or [])
-        ]
+        deltas = []
+        for i, call in enumerate(entry.get("tool_calls") or []):
+            function = call.get("function") or {}
+            deltas.append(ToolCallDelta(i, call.get("id"), function.get("name"), function.get("arguments") or ""))
         stored_chunks = [Chunk(text=entry.get("text") or "", tool_calls=deltas, cached=True)]
         stored_chunks.append(
             Chunk(finish_reason=entry.get("finish_reason"), usage=Usage.from_dict(entry.get("usage")), cached=True)
@@ -147,7 +149,10 @@ def chunks_from_entry(entry: dict[str, Any]) -> list[Chunk]:
     return [
         Chunk(
             text=c.get("text") or "",
-            tool_calls=[ToolCallDelta(t["index"], t.get("id"), t.get("name"), t.get("arguments") or "") for t in c.get("tool_calls") or []],
+            tool_calls=[
+                ToolCallDelta(t["index"], t.get("id"), t.get("name"), t.get("arguments") or "")
+                for t in c.get("tool_calls") or []
+            ],
             finish_reason=c.get("finish_reason"),
             usage=Usage.from_dict(c.get("usage")),
             index=c.get("index") or 0,

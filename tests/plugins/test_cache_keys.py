@@ -77,7 +77,8 @@ async def test_c01_deployment_api_base_and_api_version(make_client: MakeClient, 
     assert server.calls() == 5
 
 
-async def test_c01_message_fields_tool_call_id_and_name_are_in_the_key(make_client: MakeClient, server: FakeServer) -> None:
+async def test_c01_message_fields_tool_call_id_and_name_are_in_the_key(make_client: MakeClient,
+                                                                       server: FakeServer) -> None:
     client = cached_client(make_client)
     call = {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]}
