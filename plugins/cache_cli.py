@@ -19,9 +19,12 @@ def setup_command(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(client: Any, args: argparse.Namespace) -> int:
+    from modelwire import portal
+
     from .cache import cache_of
 
     cache = cache_of(client)
+    standalone = cache not in client.middleware
     try:
         if args.cache_command == "stats":
             stats = cache.stats()
@@ -35,6 +38,8 @@ def run_command(client: Any, args: argparse.Namespace) -> int:
         print(f"deleted {count} entries ({where}) from the {cache.config.backend} cache")
         return 0
     finally:
+        if standalone:
+            portal.run(cache.aclose())
         client.close()
 
 
