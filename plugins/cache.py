@@ -69,6 +69,8 @@ class CacheConfig(BaseModel):
     ttl: float | None = Field(3600.0, gt=0)
     #: Memory backend: entries kept (least recently used evicted first).
     max_entries: int = Field(10_000, gt=0)
+    #: Memory backend: total bytes of stored JSON kept (least recently used evicted first).
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0)
     #: File backend: the dbm file (``.dat``/``.dir`` and lock files are created beside it).
     path: str | None = None
     #: Redis backend: ``redis://host:port/db``.
@@ -130,7 +132,7 @@ def default_refusal(request: Request, response: Completion) -> str | None:
 
 def _make_backend(config: CacheConfig) -> Backend:
     if config.backend == "memory":
-        return MemBackend(config.max_entries)
+        return MemBackend(config.max_entries, config.max_bytes)
     if config.backend == "null":
         return NullBackend()
     if config.backend == "file":

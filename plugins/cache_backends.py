@@ -88,11 +88,14 @@ class Backend:
 
 
 class LRUDict(OrderedDict[str, Any]):
-    """A dict bounded to ``max_entries``: reads refresh an entry, writes evict the least recent."""
+    """A dict bounded to ``max_entries`` and ``max_bytes`` (of bytes values): reads refresh an
+    entry, writes evict the least recently used."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
         super().__init__()
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
         self.lock = threading.Lock()  # the sync API and the CLI may touch it from other threads
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -104,10 +107,31 @@ class LRUDict(OrderedDict[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         with self.lock:
+            old = super().get(key)
+            if old is not None:
+                self.size -= _size(old)
             super().__setitem__(key, value)
+            self.size += _size(value)
             self.move_to_end(key)
-            while len(self) > self.max_entries:
-                self.popitem(last=False)
+            while len(self) > self.max_entries or (self.max_bytes is not None and self.size > self.max_bytes):
+                _, evicted = self.popitem(last=False)
+                self.size -= _size(evicted)
+
+    def __delitem__(self, key: str) -> None:
+        value = super().__getitem__(key)
+        super().__delitem__(key)
+        self.size -= _size(value)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            value = super().__getitem__(key)
+            del self[key]
+            return value
+        return default
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (bytes, str)) else 0
 
 
 class MemBackend(Backend):
@@ -115,8 +139,8 @@ class MemBackend(Backend):
 
     name = "memory"
 
-    def __init__(self, max_entries: int) -> None:
-        self.data = LRUDict(max_entries)
+    def __init__(self, max_entries: int, max_bytes: int | None = None) -> None:
+        self.data = LRUDict(max_entries, max_bytes)
         self._dogpile: Any = MemoryBackend({"cache_dict": self.data})
 
     def get(self, key: str) -> bytes | None:

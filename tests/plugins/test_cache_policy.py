@@ -281,6 +281,16 @@ def test_c11_lru_bound_with_10k_keys() -> None:
     assert backend.get("ns:v1:5000") is None
 
 
+def test_c11_memory_backend_bounded_in_bytes() -> None:
+    backend = MemBackend(max_entries=10_000, max_bytes=10_000)
+    for i in range(1000):
+        backend.set(f"ns:v1:{i}", b"x" * 100, None)
+    assert backend.count() == 100 and backend.data.size == 10_000
+    backend.delete("ns:v1:999")
+    backend.clear("other")
+    assert backend.data.size == 9_900 and backend.clear() == 99 and backend.data.size == 0
+
+
 async def test_c11_memory_cache_bounded_through_the_client(make_client: MakeClient, server: FakeServer) -> None:
     client = make_client(middleware=["cache"], cache={"max_entries": 20})
     for i in range(60):
