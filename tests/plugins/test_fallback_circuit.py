@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 import modelwire
 from modelwire.cli import main as cli_main
@@ -182,7 +183,11 @@ def test_state_in_modelwire_plugins(tmp_path: Path, server: FakeServer, capsys: 
         '[circuit]\nfailure_threshold = 7\n'
         '[fallback.chains]\n"local/a" = ["local/b"]\n'
     )
-    assert cli_main(["--config", str(config), "plugins"]) == 0
+    saved = structlog.get_config()
+    try:
+        assert cli_main(["--config", str(config), "plugins"]) == 0
+    finally:
+        structlog.configure(**saved)  # the CLI configures structlog for its process; undo it for later tests
     out = capsys.readouterr().out
     assert '"local": {"state": "closed"' in out and '"failure_threshold": 7' in out
     assert "fallback -> retry -> circuit -> provider" in out
