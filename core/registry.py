@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.providers.azure",
     "modelwire.providers.openai_compatible",
     "modelwire.plugins.logging",
+    "modelwire.plugins.streaming",
     "modelwire.plugins.ratelimit",
     "modelwire.plugins.retry",
     "modelwire.plugins.fallback",
