@@ -192,7 +192,11 @@ class CacheMiddleware(Middleware):
         namespace = self.namespace_for(request, options)
         request.state["cache.namespace"] = namespace
         request.state["cache.provider"] = self.context.providers.get(request.provider)
-        key = self.context.hook.modelwire_cache_key(request=request)
+        try:
+            key = self.context.hook.modelwire_cache_key(request=request)
+        except Exception as exc:  # a broken key plugin: the built-in key is the safe, complete one
+            logger.error("cache.key_hook_failed", error_class=type(exc).__name__, error=str(exc)[:200])
+            key = None
         if not isinstance(key, str) or not key:
             key = default_key(request, request.state["cache.provider"], namespace)
         elif len(key) > 200:
@@ -222,7 +226,11 @@ class CacheMiddleware(Middleware):
             return "no_store"
         if options.ttl == 0:
             return "ttl_0"
-        verdict = self.context.hook.modelwire_cache_should_store(request=request, response=response)
+        try:
+            verdict = self.context.hook.modelwire_cache_should_store(request=request, response=response)
+        except Exception as exc:  # a broken policy plugin must not fail the request: do not store
+            logger.error("cache.should_store_hook_failed", error_class=type(exc).__name__, error=str(exc)[:200])
+            return "policy_error"
         if verdict is False:
             return default_refusal(request, response) or "policy"
         return None

@@ -53,6 +53,7 @@ class Flight:
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
         self.table: FlightTable | None = None
+        self.loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
 
     def publish(self, chunk: Chunk) -> None:
@@ -90,6 +91,7 @@ class Flight:
         self.subscribers -= 1
         task = self.task
         if self.subscribers <= 0 and not self.done and task is not None and not task.done():
+            self.retire()  # nobody may join a flight that is being cancelled
             task.cancel()
             await asyncio.wait([task])
 
@@ -101,7 +103,10 @@ class FlightTable:
         self.flights: dict[str, Flight] = {}
 
     def get(self, key: str) -> Flight | None:
-        return self.flights.get(key)
+        flight = self.flights.get(key)
+        if flight is not None and flight.loop is not asyncio.get_running_loop():
+            return None  # a flight on another event loop cannot be awaited from this one
+        return flight
 
     def start(self, key: str, stream: bool, run: Callable[[Flight], Awaitable[None]]) -> Flight:
         """Start a flight for ``key``; ``run(flight)`` does the upstream work and must call

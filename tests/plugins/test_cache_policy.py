@@ -299,3 +299,19 @@ async def test_c11_memory_cache_bounded_through_the_client(make_client: MakeClie
     assert (await client.acomplete("question 59", model=MODEL)).cached
     assert not (await client.acomplete("question 0", model=MODEL)).cached
     assert server.calls() == 61
+
+
+async def test_broken_hook_plugins_do_not_fail_requests(make_client: MakeClient, server: FakeServer) -> None:
+    class Broken:
+        @modelwire.hookimpl(tryfirst=True)
+        def modelwire_cache_key(self) -> str:
+            raise RuntimeError("key plugin bug")
+
+        @modelwire.hookimpl(tryfirst=True)
+        def modelwire_cache_should_store(self) -> bool:
+            raise RuntimeError("policy plugin bug")
+
+    client = make_client(plugins=(Broken(),), middleware=["cache"])
+    assert (await client.acomplete("q", model=MODEL)).text == "echo: q"
+    assert (await client.acomplete("q", model=MODEL)).text == "echo: q"
+    assert server.calls() == 2 and cache_of(client).metrics.skipped == {"policy_error": 2}
