@@ -117,9 +117,9 @@ class FallbackMiddleware(Middleware):
         """Every key and target must name a configured provider: fail at load time, not mid-outage."""
         configured = sorted(self.context.providers)
         for key, targets in table.items():
-            for target in (key, *targets):
+            for position, target in enumerate((key, *targets)):
                 provider, _, model = target.partition("/")
-                wildcard_ok = target is key and model == "*"
+                wildcard_ok = position == 0 and model == "*"
                 if not provider or not model or ("*" in model and not wildcard_ok):
                     raise ConfigurationError(
                         f"config key '{where}.\"{key}\"': {target!r} must be 'provider/model'"
