@@ -281,6 +281,7 @@ class ThreadBucket(AbstractBucket):
         ok, rate, last, now = await self._run(op)
         admitted = bool(ok)
         self.verdict = (rate, last, now)
+        self.failing_rate = rate  # pyrate's limiter reads it after a rejected put
         if admitted and self.refundable:
             self.stamps[item.name] = item.timestamp
             if len(self.stamps) > 10_000:

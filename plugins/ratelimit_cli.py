@@ -11,6 +11,7 @@ from pyrate_limiter import Duration
 from modelwire import portal
 
 from .ratelimit_backends import BackendUnavailable
+from .ratelimit_config import nominal_interval
 
 __all__ = ["collect", "show_limits"]
 
@@ -19,6 +20,7 @@ async def collect(middleware: Any) -> dict[str, Any]:
     """Limits, buckets with their usage per window and cooldowns, and the counters."""
     engine = middleware.engine
     backend = engine.backend
+    buffer = middleware.config.buffer_ms
     report: dict[str, Any] = {
         "backend": backend.name,
         "limits": [rule.model_dump(exclude_none=True) for rule in middleware.config.limits],
@@ -34,7 +36,8 @@ async def collect(middleware: Any) -> dict[str, Any]:
                     "key": key,
                     "kind": "tokens (units)" if kind == "tok" else "requests",
                     "windows": [
-                        {"limit": rate.limit, "per": Duration.readable(rate.interval), "used": used}
+                        {"limit": rate.limit, "per": Duration.readable(nominal_interval(rate.interval, buffer)),
+                         "used": used}
                         for rate, used in usage
                     ],
                     "cooldown_s": round(await backend.cooldown(key), 3),

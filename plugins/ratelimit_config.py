@@ -26,6 +26,7 @@ __all__ = [
     "estimate_tokens",
     "exhausted_for",
     "match_rule",
+    "nominal_interval",
     "parse_reset",
     "request_rates",
     "token_rates",
@@ -84,7 +85,7 @@ class RateLimitConfig(BaseModel):
     key_prefix: str = "modelwire:rl:"
     workers: int = Field(1, ge=1)
     max_wait: float = Field(60.0, ge=0, allow_inf_nan=False)
-    buffer_ms: int = Field(25, ge=0)
+    buffer_ms: int = Field(50, ge=0, le=1000)
     on_backend_error: Literal["local", "closed"] = "local"
     backend_timeout: float = Field(0.5, gt=0, allow_inf_nan=False)
     backend_retry: float = Field(5.0, gt=0, allow_inf_nan=False)
@@ -134,9 +135,12 @@ def match_rule(config: RateLimitConfig, request: Request) -> LimitSpec | None:
     return None
 
 
-def request_rates(spec: LimitSpec) -> list[Rate]:
+def request_rates(spec: LimitSpec, buffer_ms: int = 0) -> list[Rate]:
     """pyrate-limiter rates for the request count of ``spec`` (empty when it has none).
 
+    Windows of a second or more are widened by ``buffer_ms``: what the provider counts is
+    arrival, which lags admission here by a varying few milliseconds (event loop, network), so
+    "10 per second" is enforced as 10 per 1.05 s to stay under 10 per second at the provider.
     Rates that can never bind are dropped, because pyrate-limiter requires a list with growing
     intervals, growing limits and falling density.
     """
@@ -151,7 +155,16 @@ def request_rates(spec: LimitSpec) -> list[Rate]:
     if spec.smooth and rates:
         spacing = max(rate.interval / rate.limit for rate in rates)
         rates.append(Rate(1, math.ceil(spacing)))
-    return _normalize(rates)
+    return _normalize([_widen(rate, buffer_ms) for rate in rates])
+
+
+def _widen(rate: Rate, buffer_ms: int) -> Rate:
+    return Rate(rate.limit, rate.interval + buffer_ms) if rate.interval >= 1000 else rate
+
+
+def nominal_interval(interval: int, buffer_ms: int) -> int:
+    """The configured window of a widened rate (for display)."""
+    return interval - buffer_ms if interval >= 1000 + buffer_ms else interval
 
 
 def token_unit(tpm: int) -> int:
@@ -159,11 +172,11 @@ def token_unit(tpm: int) -> int:
     return max(1, math.ceil(tpm / TOKEN_UNITS))
 
 
-def token_rates(spec: LimitSpec) -> list[Rate]:
+def token_rates(spec: LimitSpec, buffer_ms: int = 0) -> list[Rate]:
     """The per-minute token rate of ``spec`` in bucket units (empty when it has no tpm)."""
     if spec.tpm is None:
         return []
-    return [Rate(max(1, spec.tpm // token_unit(spec.tpm)), 60_000)]
+    return [Rate(max(1, spec.tpm // token_unit(spec.tpm)), 60_000 + buffer_ms)]
 
 
 def _normalize(rates: list[Rate]) -> list[Rate]:

@@ -128,7 +128,7 @@ class Engine:
         """The plan of ``spec.key``; the first spec seen for a key fixes its limits."""
         plan = self.plans.get(spec.key)
         if plan is None:
-            req, tok = request_rates(spec), token_rates(spec)
+            req, tok = request_rates(spec, self.config.buffer_ms), token_rates(spec, self.config.buffer_ms)
             spacing = max((r.interval / r.limit / 1000 for r in req), default=0.0)
             unit = token_unit(spec.tpm) if spec.tpm else 1
             plan = self.plans.setdefault(spec.key, Plan(spec.key, spec, req, tok, unit, spec.concurrency, spacing))
@@ -306,8 +306,6 @@ class Engine:
                 now = time.monotonic()
                 if now + wait > deadline:
                     raise self._exceeded(request, plan, f"the limiter needs {wait:.2f} s more", now - start + wait)
-                # The buffer absorbs jitter between admission here and arrival at the provider.
-                wait += self.config.buffer_ms / 1000
                 state.head_eta[plan.key] = now + wait
                 await asyncio.sleep(wait)
         except BaseException:

@@ -167,6 +167,10 @@ class FakeServer:
         self.disconnects = 0
         self.open_connections = 0
         self._scripts: list[tuple[str | None, deque[Reply]]] = []
+        #: ``(n, seconds)``: a chat request arriving when more than ``n`` arrived within the last
+        #: ``seconds`` (itself included) gets a 429, like Azure's short enforcement windows.
+        self.rate_limit: tuple[int, float] | None = None
+        self.rate_limited = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -297,6 +301,8 @@ class FakeServer:
         self, req: RecordedRequest, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
     ) -> bool:
         reply = self._builtin_reply(req)
+        if reply is None and req.route == "chat" and self.rate_limit is not None:
+            reply = self._over_rate(req, *self.rate_limit)
         if reply is None:
             reply = self._next_reply(req) if req.route == "chat" else None
         if reply is None:
@@ -306,6 +312,15 @@ class FakeServer:
         if reply.events is None:
             return await self._send_whole(reply, writer)
         return await self._send_stream(reply, writer, reader)
+
+    def _over_rate(self, req: RecordedRequest, limit: int, seconds: float) -> Reply | None:
+        with self._lock:
+            recent = sum(1 for r in self.requests if r.route == "chat" and req.time - seconds < r.time <= req.time)
+        if recent <= limit:
+            return None
+        self.rate_limited += 1
+        message = f"Requests have exceeded the rate limit of {limit} per {seconds} s."
+        return Reply.error(429, message, type="rate_limit_error", code="429", headers={"retry-after": "1"})
 
     def _builtin_reply(self, req: RecordedRequest) -> Reply | None:
         """Auth and Azure URL rules, answered the way the real services answer."""
