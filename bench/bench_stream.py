@@ -46,7 +46,7 @@ def _serve(port_queue: Any) -> None:
         time.sleep(3600)
 
 
-def start_server() -> tuple[multiprocessing.Process, str]:
+def start_server() -> tuple[Any, str]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_serve, args=(queue,), daemon=True)
