@@ -1,0 +1,95 @@
+"""Provider feedback: a 429 pauses the bucket for every caller (L10), also across clients on a
+shared backend; x-ratelimit-remaining-* = 0 pauses until the reset; smoothing keeps a server
+with Azure-style short windows from answering 429 (L09)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import modelwire
+from modelwire.errors import RateLimitError
+from modelwire.testing import FakeServer, RedisServer, Reply
+from tests.plugins.test_ratelimit import MODEL, burst, chat_times
+
+
+def _429(seconds: str) -> Reply:
+    message = "Rate limit reached for requests"
+    return Reply.error(429, message, type="rate_limit_error", headers={"retry-after": seconds})
+
+
+async def test_L10_a_429_with_retry_after_pauses_every_caller(
+    make_client: Callable[..., modelwire.Client], server: FakeServer
+) -> None:
+    client = make_client(middleware=["ratelimit"], ratelimit={"limits": [{"match": "openai/*", "rps": 100}]})
+    server.script(_429("3"))
+    with pytest.raises(RateLimitError):
+        await client.acomplete("gets the 429", model=MODEL)
+    rejected_at = server.requests[-1].time
+    results = await burst(client, 4)
+    assert all(isinstance(r, modelwire.Completion) for r in results), results
+    later = chat_times(server)[1:]
+    assert len(later) == 4 and min(later) - rejected_at >= 3.0 - 0.1
+    assert client.middleware[0].describe()["cooldowns"] == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_cooldown_is_shared_through_the_backend(
+    make_client: Callable[..., modelwire.Client], server: FakeServer, tmp_path: Any, backend: str,
+    redis_server: RedisServer,
+) -> None:
+    section: dict[str, Any] = {"backend": backend, "limits": [{"match": "openai/*", "rps": 100}]}
+    if backend == "sqlite":
+        section["path"] = str(tmp_path / "limits.sqlite")
+    else:
+        section.update(url=redis_server.url, key_prefix=f"cool-{time.time()}:")
+    first, second = (make_client(middleware=["ratelimit"], ratelimit=section) for _ in range(2))
+    server.script(_429("1.5"))
+    with pytest.raises(RateLimitError):
+        first.complete("429", model=MODEL)
+    start = time.monotonic()
+    second.complete("another client, same backend", model=MODEL)  # its own engine: only the store tells it
+    assert time.monotonic() - start >= 1.2
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("use_headers", [True, False])
+def test_remaining_zero_pauses_until_the_reset(
+    make_client: Callable[..., modelwire.Client], server: FakeServer, use_headers: bool
+) -> None:
+    client = make_client(middleware=["ratelimit"], ratelimit={
+        "use_headers": use_headers, "limits": [{"match": "openai/*", "rps": 100}]})
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
+    server.script(Reply.completion("last one this window", headers=headers))
+    client.complete("a", model=MODEL)
+    start = time.monotonic()
+    client.complete("b", model=MODEL)
+    waited = time.monotonic() - start
+    assert waited >= 1.3 if use_headers else waited < 0.5
+
+
+async def test_L09_smoothing_keeps_a_short_window_server_from_answering_429(
+    make_client: Callable[..., modelwire.Client], server: FakeServer
+) -> None:
+    server.rate_limit = (1, 0.1)  # like Azure: 10 per second is enforced as 1 per 100 ms
+    limits = [{"match": "openai/*", "rps": 8, "smooth": True}]
+    client = make_client(middleware=["ratelimit"], ratelimit={"limits": limits})
+    results = await burst(client, 16)
+    assert all(isinstance(r, modelwire.Completion) for r in results), results
+    assert server.rate_limited == 0
+
+
+async def test_L09_control_without_smoothing_the_burst_gets_429s(
+    make_client: Callable[..., modelwire.Client], server: FakeServer
+) -> None:
+    server.rate_limit = (1, 0.1)
+    client = make_client(middleware=["ratelimit"], ratelimit={"limits": [{"match": "openai/*", "rps": 8}]})
+    results = await burst(client, 8)
+    assert server.rate_limited > 0
+    assert any(isinstance(r, RateLimitError) for r in results)
+    await asyncio.sleep(0)
