@@ -90,8 +90,10 @@ async def test_t18_provider_read_timeout_is_mapped(make_client: Any, server: Fak
 
 
 async def test_t19_slow_drip_total_deadline(make_client: Any, server: FakeServer) -> None:
-    client = make_client(middleware=["retry"], retry={"deadline": 1.0})
-    server.script(Reply(body=Reply.completion("x" * 200).body, drip=0.1))  # 1 byte / 0.1 s
+    # a per-read timeout of 0.5 s never fires: a byte arrives every 0.1 s (the body takes ~20 s)
+    client = make_client(middleware=["retry"], retry={"deadline": 1.0},
+                         providers={"openai": {"api_base": server.openai_url, "timeout": 0.5}})
+    server.script(Reply(body=Reply.completion("x" * 200).body, drip=0.1))
     started = time.monotonic()
     with pytest.raises(modelwire.ProviderTimeoutError, match="deadline"):
         await client.acomplete("hi", model="openai/gpt-4o")
