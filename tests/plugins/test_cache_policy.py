@@ -207,7 +207,8 @@ async def test_c07_caller_cancelled_not_stored(make_client: MakeClient, server: 
 # -- C08: a stored stream replays faithfully; whole and stream answer each other -----------------------
 
 TOOL_STREAM = [
-    chunk({"role": "assistant", "content": "Let me add."}),
+    chunk({"role": "assistant", "content": "", "reasoning_content": "2 and 2 make 4"}),
+    chunk({"content": "Let me add."}),
     chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                            "function": {"name": "add", "arguments": ""}}]}),
     chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\": 2,"}}]}),
@@ -231,6 +232,8 @@ async def test_c08_stream_replay_fidelity(make_client: MakeClient, server: FakeS
     replay = [c async for c in replay_stream]
     assert server.calls() == 1
     assert shape(replay) == shape(first)
+    assert [{k: v for k, v in c.metadata.items() if k != "cache_hit"} for c in replay] == [c.metadata for c in first]
+    assert replay[0].metadata["reasoning_content"] == "2 and 2 make 4"
     assert all(c.cached and c.metadata["cache_hit"] is True for c in replay) and replay_stream.cached
     assert not live.cached
     final = replay_stream.get_final_completion()
