@@ -229,6 +229,25 @@ def test_sync_stream_break_and_close_release_the_connection(make_client, server:
     assert server.open_connections == 0 and server.disconnects == 2
 
 
+def test_sync_stream_dropped_in_a_thread_is_closed(make_client, server: FakeServer) -> None:
+    server.script(long_reply())
+    client = make_client()
+
+    def worker() -> None:
+        stream = client.stream("x", model="local/m")
+        next(stream)
+        del stream
+        gc.collect()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(30)
+    end = time.monotonic() + 5
+    while server.open_connections and time.monotonic() < end:
+        time.sleep(0.02)
+    assert server.open_connections == 0 and server.disconnects == 1
+
+
 def test_sync_stream_interruption_carries_partial_text(make_client, server: FakeServer) -> None:
     server.script(Reply(events=[chunk("par"), chunk("tial")], ending="eof"))
     received = []

@@ -374,3 +374,42 @@ async def test_s24_llamacpp_usage_shapes(make_client, server: FakeServer, tail: 
     server.script(Reply(events=tail))
     stream, _, error = await collect(make_client())
     assert error is None and stream.get_final_completion().usage == modelwire.Usage(5, 7, 12)
+
+
+# -- the fallback path: a litellm route without the raw body (hosted_vllm goes through litellm's
+# own HTTP handler, not the OpenAI SDK) -------------------------------------------------------
+
+
+class _HostedVLLMPlugin:
+    """A throwaway provider kind on litellm's ``hosted_vllm/`` route."""
+
+    @modelwire.hookimpl
+    def modelwire_register_providers(self, register: Any) -> None:
+        from modelwire.providers.litellm_base import LiteLLMProvider
+
+        class HostedVLLM(LiteLLMProvider):
+            prefix = "hosted_vllm"
+            default_key_env = None
+            key_required = False
+
+        register("hosted_vllm", HostedVLLM)
+
+
+def _vllm_client(make_client: Any, server: FakeServer, **settings: Any) -> modelwire.Client:
+    client: modelwire.Client = make_client(
+        plugins=(_HostedVLLMPlugin(),),
+        providers={"vllm": {"kind": "hosted_vllm", "api_base": server.openai_url, **settings}},
+    )
+    return client
+
+
+async def test_fallback_route_happy_path_and_checks(make_client, server: FakeServer) -> None:
+    server.script(Reply.stream(["a", "b"]), Reply(events=[chunk("x"), chunk("y")], ending="eof"),
+                  Reply(events=[chunk("x")], ending="stall"))
+    client = _vllm_client(make_client, server, idle_timeout=0.5)
+    stream, _, error = await collect(client, "vllm/m")
+    assert error is None and stream.get_final_completion().text == "ab" and stream.usage_known
+    _, _, error = await collect(client, "vllm/m")
+    assert isinstance(error, modelwire.ProviderError) and error.partial_text == "xy"
+    _, _, error = await collect(client, "vllm/m")
+    assert type(error) is modelwire.StreamIdleTimeoutError and error.partial_text == "x"
