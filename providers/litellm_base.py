@@ -94,7 +94,9 @@ class LiteLLMProvider(Provider):
         try:
             response = await litellm().acompletion(**args)
         except Exception as exc:
-            raise map_exception(exc, provider=self.name, model=request.model) from None
+            error = map_exception(exc, provider=self.name, model=request.model)
+            error.attempts = request.attempt  # the retry middleware, when enabled, keeps it current
+            raise error from None
         return self._completion(response, request)
 
     def _completion(self, response: Any, request: Request) -> Completion:
@@ -106,6 +108,7 @@ class LiteLLMProvider(Provider):
                 model=request.model,
                 status=200,
                 body=_excerpt(response),
+                attempts=request.attempt,
             )
         message = choices[0].message
         tool_calls = [tc.model_dump() for tc in (message.tool_calls or [])]

@@ -192,6 +192,7 @@ async def test_mapping_matrix(client: modelwire.Client, server: FakeServer, name
     provider, _, model_name = model.partition("/")
     assert err.provider == provider and err.model == model_name
     assert err.body  # a short excerpt of what the provider said
+    assert err.attempts == 1
     if status is not None and status != 200:
         assert err.request_id == "req-1"  # the provider's x-request-id
     assert server.calls() == 1
