@@ -267,6 +267,10 @@ NON_RETRYABLE = [
     (Reply.error(403, "You are not allowed to sample from this model"), modelwire.PermissionDeniedError),
     (Reply.error(404, "The model `gpt-9` does not exist", code="model_not_found"), modelwire.NotFoundError),
     (Reply.error(422, "Unprocessable"), modelwire.BadRequestError),
+    (Reply(404, {"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not "
+                           "exist. If you created the deployment within the last 5 minutes, please wait a moment and "
+                           "try again."}}), modelwire.NotFoundError),
+    (Reply(404, {"error": {"code": "404", "message": "Resource not found"}}), modelwire.NotFoundError),
     (Reply(400, {"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
                            "management policy.", "type": None, "param": "prompt", "code": "content_filter",
                            "status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation"}}}),
