@@ -35,9 +35,10 @@ __all__ = [
 
 #: A TPM bucket is counted in units of ``ceil(tpm / TOKEN_UNITS)`` tokens, so a window holds at
 #: most about this many entries whatever the TPM (pyrate-limiter stores one entry per unit).
-TOKEN_UNITS = 1000
+TOKEN_UNITS = 10_000
 
 _KEY_FIELDS = {"provider", "model", "target"}
+_SMOOTH_MS = 50
 
 
 class LimitRule(BaseModel):
@@ -154,7 +155,10 @@ def request_rates(spec: LimitSpec, buffer_ms: int = 0) -> list[Rate]:
         rates.append(Rate(spec.rpm, 60_000))
     if spec.smooth and rates:
         spacing = max(rate.interval / rate.limit for rate in rates)
-        rates.append(Rate(1, math.ceil(spacing)))
+        # Below ~50 ms, one request per spacing would be dominated by timer and ms rounding; allow
+        # the same density as a few requests per 50 ms instead (still no bursts a provider sees).
+        per = max(1, round(_SMOOTH_MS / spacing))
+        rates.append(Rate(per, math.ceil(spacing * per)))
     return _normalize([_widen(rate, buffer_ms) for rate in rates])
 
 
