@@ -60,10 +60,10 @@ class LimitRule(BaseModel):
 
     match: str = "*"
     key: str | None = None
-    rps: float | None = Field(None, gt=0, allow_inf_nan=False)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
-    concurrency: int | None = Field(None, gt=0)
+    rps: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
     smooth: bool = False
 
     @model_validator(mode="after")
@@ -84,16 +84,16 @@ class RateLimitConfig(BaseModel):
     path: str | None = None
     url: str | None = None
     key_prefix: str = "modelwire:rl:"
-    workers: int = Field(1, ge=1)
-    max_wait: float = Field(60.0, ge=0, allow_inf_nan=False)
-    buffer_ms: int = Field(50, ge=0, le=1000)
+    workers: int = Field(default=1, ge=1)
+    max_wait: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    buffer_ms: int = Field(default=50, ge=0, le=1000)
     on_backend_error: Literal["local", "closed"] = "local"
-    backend_timeout: float = Field(0.5, gt=0, allow_inf_nan=False)
-    backend_retry: float = Field(5.0, gt=0, allow_inf_nan=False)
-    default_max_tokens: int = Field(1024, gt=0)
+    backend_timeout: float = Field(default=0.5, gt=0, allow_inf_nan=False)
+    backend_retry: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    default_max_tokens: int = Field(default=1024, gt=0)
     estimator: Literal["chars", "litellm"] = "chars"
-    default_cooldown: float = Field(1.0, ge=0, allow_inf_nan=False)
-    max_cooldown: float = Field(60.0, gt=0, allow_inf_nan=False)
+    default_cooldown: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    max_cooldown: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     use_headers: bool = True
     limits: list[LimitRule] = Field(default_factory=list)
 

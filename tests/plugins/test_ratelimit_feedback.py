@@ -17,6 +17,13 @@ from modelwire.testing import FakeServer, RedisServer, Reply
 from tests.plugins.test_ratelimit import MODEL, burst, chat_times
 
 
+@pytest.fixture(autouse=True)
+def warm_litellm(make_client: Callable[..., modelwire.Client], server: FakeServer) -> None:
+    """litellm's first call costs seconds; keep it out of the arrival timestamps."""
+    make_client().complete("warm up", model="local/warmup")
+    server.reset()
+
+
 def _429(seconds: str) -> Reply:
     message = "Rate limit reached for requests"
     return Reply.error(429, message, type="rate_limit_error", headers={"retry-after": seconds})
@@ -93,3 +100,34 @@ async def test_L09_control_without_smoothing_the_burst_gets_429s(
     assert server.rate_limited > 0
     assert any(isinstance(r, RateLimitError) for r in results)
     await asyncio.sleep(0)
+
+
+# -- with the other middleware (default order cache -> retry -> ratelimit) -----------------------
+
+
+def test_R09_every_retry_attempt_takes_a_permit(
+    make_client: Callable[..., modelwire.Client], server: FakeServer
+) -> None:
+    client = make_client(
+        middleware=["retry", "ratelimit"],
+        retry={"max_attempts": 3, "base_delay": 0, "max_delay": 0},
+        ratelimit={"limits": [{"match": "openai/*", "rps": 1}]},
+    )
+    server.script(Reply.error(500), Reply.error(500), Reply.completion("third time"))
+    assert client.complete("retry me", model=MODEL).text == "third time"
+    times = chat_times(server)
+    assert len(times) == 3 and min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.95
+    assert client.middleware[1].describe()["admitted"] == 3
+
+
+def test_a_cache_hit_takes_no_permit(make_client: Callable[..., modelwire.Client], server: FakeServer) -> None:
+    client = make_client(
+        middleware=["cache", "ratelimit"],
+        cache={"backend": "memory"},
+        ratelimit={"max_wait": 0, "limits": [{"match": "openai/*", "rps": 1}]},
+    )
+    client.complete("same question", model=MODEL)
+    for _ in range(3):  # rps 1 and no waiting allowed: only hits can pass
+        assert client.complete("same question", model=MODEL).cached
+    assert server.calls() == 1
+    assert client.middleware[1].describe()["admitted"] == 1
