@@ -91,18 +91,33 @@ async def throughput(base: str, streams: int, rounds: int, both: bool) -> dict[s
     text = prompt(CHUNKS)
     await modelwire_stream(client, text)  # warm both paths (imports, client caches)
     await litellm_stream(litellm, base, text)
-    results: dict[str, list[float]] = {"modelwire": [], "litellm": []}
+    results: dict[str, list[float]] = {"modelwire": [], "litellm": [], "modelwire_lag_ms": [], "litellm_lag_ms": []}
     for _ in range(rounds):
         for name in ("litellm", "modelwire") if both else ("modelwire",):
+            lags: list[float] = []
+            probe = asyncio.create_task(_lag_probe(lags))
             start = time.perf_counter()
             if name == "modelwire":
                 counts = await asyncio.gather(*(modelwire_stream(client, text) for _ in range(streams)))
             else:
                 counts = await asyncio.gather(*(litellm_stream(litellm, base, text) for _ in range(streams)))
             elapsed = time.perf_counter() - start
+            probe.cancel()
             assert all(c == CHUNKS for c in counts), (name, set(counts))
             results[name].append(streams * CHUNKS / elapsed)
+            lags.sort()
+            picks = (len(lags) // 2, int(len(lags) * 0.99), -1)
+            results[f"{name}_lag_ms"] = [1000 * lags[i] for i in picks]
     return results
+
+
+async def _lag_probe(lags: list[float]) -> None:
+    """Event-loop lag: how late a 10 ms sleep wakes up (X07)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(0.01)
+        lags.append(loop.time() - start - 0.01)
 
 
 def _rss_mb(field: str) -> float:
@@ -149,6 +164,10 @@ def memory(kind: str, base: str, chunks: int) -> dict[str, float]:
     return result
 
 
+def _lag(ms: list[float]) -> str:
+    return f"loop lag p50 {ms[0]:.1f} ms, p99 {ms[1]:.0f} ms, max {ms[2]:.0f} ms (opening every stream included)"
+
+
 def main() -> int:
     quick, full = "--quick" in sys.argv, "--full" in sys.argv
     proc, base = start_server()
@@ -163,11 +182,12 @@ def main() -> int:
             print(f"\n1. {streams} concurrent streams x {CHUNKS} chunks")
             if both:
                 ll = max(res["litellm"])
-                print(f"   bare litellm : {ll:10,.0f} chunks/s")
-                print(f"   modelwire    : {mw:10,.0f} chunks/s")
+                print(f"   bare litellm : {ll:10,.0f} chunks/s   {_lag(res['litellm_lag_ms'])}")
+                print(f"   modelwire    : {mw:10,.0f} chunks/s   {_lag(res['modelwire_lag_ms'])}")
                 print(f"   ratio modelwire / litellm = {mw / ll:.2f}  (target >= 0.95)")
             else:
-                print(f"   modelwire    : {mw:10,.0f} chunks/s  (bare litellm skipped at this size: --full runs it)")
+                print(f"   modelwire    : {mw:10,.0f} chunks/s   {_lag(res['modelwire_lag_ms'])}")
+                print("   (bare litellm skipped at this size: --full runs it)")
         n, n_litellm = (20_000, 5_000) if quick else (100_000, 20_000)
         print("\n2. One long stream, peak RSS growth in a fresh process")
         for kind, chunks in (("modelwire", n), ("litellm", n_litellm)):

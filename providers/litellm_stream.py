@@ -60,6 +60,8 @@ T = TypeVar("T")
 # After [DONE], read the (usually empty) rest of the body this long so the connection can go back
 # to the pool instead of being closed; the openai SDK drains the same way.
 _DRAIN_SECONDS = 0.1
+# Events handled from one read before yielding to the event loop (keeps loop lag low under load).
+_EVENTS_PER_TURN = 16
 
 
 class _Expired(Exception):
@@ -254,8 +256,12 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
                 if progress.complete:
                     break
                 raise _broken(exc, parser) from None
-            for event in events:
+            for position, event in enumerate(events, 1):
                 fresh = True
+                if position % _EVENTS_PER_TURN == 0:
+                    # One read can carry hundreds of buffered events, and the consumer takes them
+                    # without suspending: give the other streams on this loop a turn.
+                    await asyncio.sleep(0)
                 chunks = parser.parse(event.data, event.event)
                 if chunks is DONE:
                     progress.done = True
