@@ -342,4 +342,4 @@ def test_demo_step_shows_a_paced_burst(server: FakeServer, monkeypatch: pytest.M
     lines: list[str] = []
     _demo_step(None, server, lines.append)
     assert len(lines) == 9 and "waited" in lines[-1]
-    assert max_in_window(chat_times(server), 1.0) <= 4
+    assert max_in_window(chat_times(server, "llama3"), 1.0) <= 4
