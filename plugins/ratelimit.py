@@ -223,6 +223,6 @@ def _demo_step(client: Any, server: Any, echo: Callable[[str], None]) -> None:
         at = r.time - arrivals[0].time
         echo(f"   {prompt}: waited {waits[prompt]:6.0f} ms, reached the server at +{at:.2f} s")
     stats = limited.middleware[0].describe()
-    echo(f"   {stats['waits']} of 8 waited ({stats['wait_seconds']:.1f} s in all): 8 calls at once, at most 4 per second "
-         "reached the server")
+    summary = f"{stats['waits']} of 8 waited ({stats['wait_seconds']:.1f} s in all)"
+    echo(f"   {summary}: 8 calls at once, at most 4 per second reached the server")
     limited.close()
