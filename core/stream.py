@@ -353,6 +353,14 @@ class SyncStream:
         return self._stream.chunks
 
     @property
+    def end_reason(self) -> str | None:
+        return self._stream.end_reason
+
+    @property
+    def first_token_latency(self) -> float | None:
+        return self._stream.first_token_latency
+
+    @property
     def metadata(self) -> dict[str, Any]:
         return self._stream.metadata
 
