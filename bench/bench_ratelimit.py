@@ -102,10 +102,10 @@ def estimators() -> None:
               f"(token_counter says {actual} + max_tokens)")
 
 
-async def limiter_alone(rps: int, n: int, smooth: bool, buffer_ms: int = 50) -> tuple[float, float]:
+async def limiter_alone(rps: int, n: int, smooth: bool, buffer_ms: int = 40) -> tuple[float, float]:
     with FakeServer() as server:
         c = client(server, ["ratelimit"], [{"match": "openai/*", "rps": rps, "smooth": smooth}])
-        if buffer_ms != 50:
+        if buffer_ms != 40:
             c = modelwire.Client(config={
                 "middleware": ["ratelimit"], "providers": {"openai": {"api_base": server.openai_url}},
                 "ratelimit": {"buffer_ms": buffer_ms, "limits": [{"match": "openai/*", "rps": rps}]}})
@@ -124,14 +124,17 @@ async def limiter_alone(rps: int, n: int, smooth: bool, buffer_ms: int = 50) -> 
 
 
 def _rates(stamps: list[float], rps: int) -> tuple[float, float]:
-    """(most in any 1 s window, sustained rate after the first second's allowance)."""
+    """(most in any 1 s window, sustained rate): the sustained rate leaves out the initial burst
+    (what went within 20 ms of the first: a whole window windowed, a few when smooth), since the
+    limit allows that burst once and then paces."""
     stamps.sort()
     best, j = 0, 0
     for i, t in enumerate(stamps):
         while t - stamps[j] > 1.0:
             j += 1
         best = max(best, i - j + 1)
-    sustained = (len(stamps) - rps) / (stamps[-1] - stamps[0]) if len(stamps) > rps else float("nan")
+    burst = sum(1 for t in stamps if t - stamps[0] <= 0.02)
+    sustained = (len(stamps) - burst) / (stamps[-1] - stamps[0]) if len(stamps) > burst else float("nan")
     return float(best), sustained
 
 
@@ -170,7 +173,7 @@ async def main() -> None:
     with FakeServer() as server:
         await overhead(server)
     estimators()
-    print("3. throughput against a configured limit of 200 rps (windows of 1 s are enforced as 1.05 s: buffer_ms=50)")
+    print("3. throughput against a configured limit of 200 rps (windows of 1 s are enforced as 1.04 s: buffer_ms=40)")
     best, sustained = await limiter_alone(200, 1200, smooth=False)
     print(f"   limiter alone, windowed:  max {best:.0f} in any 1 s, sustained {sustained:.1f} rps")
     best, sustained = await limiter_alone(200, 1200, smooth=False, buffer_ms=0)

@@ -109,7 +109,7 @@ class LimitSpec:
     created it apply). ``tokens`` is the TPM reservation; None lets the limiter estimate it.
 
     >>> LimitSpec("tenant-42", rpm=60, tpm=40_000)
-    LimitSpec(key='tenant-42', rps=None, rpm=60, tpm=40000, concurrency=None, tokens=None, smooth=False)
+    LimitSpec(key='tenant-42', rps=None, rpm=60, tpm=40000, concurrency=None, tokens=None, smooth=True)
     """
 
     key: str
@@ -118,4 +118,4 @@ class LimitSpec:
     tpm: int | None = None
     concurrency: int | None = None
     tokens: int | None = None
-    smooth: bool = False
+    smooth: bool = True

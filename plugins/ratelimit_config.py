@@ -52,8 +52,9 @@ class LimitRule(BaseModel):
     :param rpm: requests per minute.
     :param tpm: tokens per minute (reserved before the call, reconciled with the usage after).
     :param concurrency: requests in flight at once (per process).
-    :param smooth: space requests evenly (one every ``1/rate``) instead of allowing a burst of
-        the whole per-second or per-minute allowance at once.
+    :param smooth: space requests evenly (default; at high rates a few per 50 ms) like providers
+        that enforce a per-minute quota over short windows; false allows a burst of a whole
+        window's allowance at once.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +65,7 @@ class LimitRule(BaseModel):
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
-    smooth: bool = False
+    smooth: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> LimitRule:
@@ -86,7 +87,7 @@ class RateLimitConfig(BaseModel):
     key_prefix: str = "modelwire:rl:"
     workers: int = Field(default=1, ge=1)
     max_wait: float = Field(default=60.0, ge=0, allow_inf_nan=False)
-    buffer_ms: int = Field(default=50, ge=0, le=1000)
+    buffer_ms: int = Field(default=40, ge=0, le=1000)
     on_backend_error: Literal["local", "closed"] = "local"
     backend_timeout: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     backend_retry: float = Field(default=5.0, gt=0, allow_inf_nan=False)

@@ -332,7 +332,8 @@ def test_limits_command_shows_limits_and_current_usage(
     assert main(["--config", str(config), "limits"]) == 0
     out = capsys.readouterr().out
     assert "openai/*" in out and "rps=5" in out and "backend: sqlite" in out
-    assert "3/5 per 1.0s" in out and "3/100 per 1.0m" in out
+    # smooth (the default): rpm 100 spaces requests 600 ms apart, which makes rps 5 redundant
+    assert "3/100 per 1.0m" in out and "per 600ms" in out and "tokens (units)" in out
 
 
 def test_demo_step_shows_a_paced_burst(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,8 @@ async def test_L09_control_without_smoothing_the_burst_gets_429s(
     make_client: Callable[..., modelwire.Client], server: FakeServer
 ) -> None:
     server.rate_limit = (1, 0.1)
-    client = make_client(middleware=["ratelimit"], ratelimit={"limits": [{"match": "openai/*", "rps": 8}]})
+    limits = [{"match": "openai/*", "rps": 8, "smooth": False}]
+    client = make_client(middleware=["ratelimit"], ratelimit={"limits": limits})
     results = await burst(client, 8)
     assert server.rate_limited > 0
     assert any(isinstance(r, RateLimitError) for r in results)
