@@ -38,7 +38,7 @@ __all__ = [
 TOKEN_UNITS = 10_000
 
 _KEY_FIELDS = {"provider", "model", "target"}
-_SMOOTH_MS = 50
+_SMOOTH_MS = 100
 
 
 class LimitRule(BaseModel):
@@ -156,8 +156,8 @@ def request_rates(spec: LimitSpec, buffer_ms: int = 0) -> list[Rate]:
         rates.append(Rate(spec.rpm, 60_000))
     if spec.smooth and rates:
         spacing = max(rate.interval / rate.limit for rate in rates)
-        # Below ~50 ms, one request per spacing would be dominated by timer and ms rounding; allow
-        # the same density as a few requests per 50 ms instead (still no bursts a provider sees).
+        # Below ~100 ms, one request per spacing would be dominated by timer and ms rounding; allow
+        # the same density as a few requests per 100 ms instead (still no bursts a provider sees).
         per = max(1, round(_SMOOTH_MS / spacing))
         rates.append(Rate(per, math.ceil(spacing * per)))
     return _normalize([_widen(rate, buffer_ms) for rate in rates])

@@ -130,7 +130,7 @@ async def test_L01_single_process_never_more_than_r_in_any_second(
 async def test_callers_are_admitted_in_arrival_order(
     make_client: Callable[..., modelwire.Client], server: FakeServer
 ) -> None:
-    client = limited(make_client, limits=[{"rps": 20, "smooth": True}])
+    client = limited(make_client, limits=[{"rps": 10, "smooth": True}])  # one every 100 ms
     await burst(client, 10)
     prompts = [r.json["messages"][-1]["content"] for r in server.requests if r.route == "chat"]
     assert prompts == [f"request {i}" for i in range(10)]
