@@ -114,11 +114,12 @@ async def test_acceptance_twenty_rapid_calls_at_one_per_second(
     assert times[-1] - times[0] >= 19.0
 
 
+@pytest.mark.parametrize("smooth", [True, False])
 async def test_L01_single_process_never_more_than_r_in_any_second(
-    make_client: Callable[..., modelwire.Client], server: FakeServer
+    make_client: Callable[..., modelwire.Client], server: FakeServer, smooth: bool
 ) -> None:
     rate = 5
-    client = limited(make_client, limits=[{"match": "openai/*", "rps": rate}])
+    client = limited(make_client, limits=[{"match": "openai/*", "rps": rate, "smooth": smooth}])
     results = await burst(client, 5 * rate)
     assert all(isinstance(r, modelwire.Completion) for r in results), results
     times = chat_times(server)
