@@ -27,7 +27,7 @@ else:  # pragma: no cover
 __all__ = ["CORE_KEYS", "Config", "DEFAULT_MIDDLEWARE", "load_config", "validate_section"]
 
 #: Middleware enabled when the config does not say; first = outermost.
-DEFAULT_MIDDLEWARE: list[str] = []
+DEFAULT_MIDDLEWARE: list[str] = ["cache", "retry", "ratelimit"]
 
 
 class Config(BaseModel):

@@ -3,12 +3,15 @@
 The sync API (``Client.complete``, ``Client.stream``) drives the one async pipeline on a private
 event loop in a daemon thread. That works from plain scripts, from threads, and from inside a
 running event loop (the caller's loop is blocked for the call, but nothing deadlocks, because the
-work happens on the other loop). The thread starts on first use and is restarted after a fork.
+work happens on the other loop). The thread starts on first use and is restarted after a fork. At interpreter exit the loop is
+stopped and the thread joined: a daemon thread frozen in the middle of an import (litellm imports
+lazily from background tasks) would otherwise deadlock finalizers that import too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -21,10 +24,11 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _pid = 0
+_thread: threading.Thread | None = None
 
 
 def _portal_loop() -> asyncio.AbstractEventLoop:
-    global _loop, _pid
+    global _loop, _pid, _thread
     loop = _loop
     if loop is not None and _pid == os.getpid():
         return loop
@@ -32,8 +36,17 @@ def _portal_loop() -> asyncio.AbstractEventLoop:
         if _loop is None or _pid != os.getpid():
             _loop = asyncio.new_event_loop()
             _pid = os.getpid()
-            threading.Thread(target=_loop.run_forever, name="modelwire-portal", daemon=True).start()
+            _thread = threading.Thread(target=_loop.run_forever, name="modelwire-portal", daemon=True)
+            _thread.start()
         return _loop
+
+
+@atexit.register
+def _stop_portal() -> None:
+    loop, thread = _loop, _thread
+    if loop is not None and thread is not None and _pid == os.getpid() and thread.is_alive():
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
