@@ -210,11 +210,13 @@ class AsyncStream:
     # -- ends ------------------------------------------------------------------------------------
 
     def _completion(self, index: int, choice: _Choice) -> Completion:
+        # a fallback may have served the stream from another target (see Request.state)
+        provider, model = self.request.state.get("served_by", (self.request.provider, self.request.model))
         return Completion(
             text=choice.text.getvalue(),
             finish_reason=choice.finish_reason,
-            model=self.request.model,
-            provider=self.request.provider,
+            model=model,
+            provider=provider,
             usage=self.usage,
             tool_calls=choice.calls(),
             cached=self.cached,

@@ -33,7 +33,10 @@ class Request:
     ``model`` the model or Azure deployment behind it. ``params`` are the sampling, tool and
     provider-specific parameters sent to the provider. ``options`` are per-call settings for
     middleware, keyed by middleware name (``{"cache": {"ttl": 60}}``); they never reach the
-    provider. ``state`` is scratch space middleware may share during one request.
+    provider. ``state`` is scratch space middleware may share during one request; by
+    convention ``state["log"]`` holds extra fields for the log events and
+    ``state["served_by"]`` the ``(provider, model)`` that actually answered when a middleware
+    (fallback) sent the request elsewhere.
     """
 
     provider: str

@@ -233,6 +233,7 @@ class FallbackMiddleware(Middleware):
                 raise
         if current is not request:
             request.attempt = current.attempt
+            request.state["served_by"] = (current.provider, current.model)
             request.state.setdefault("log", {})["fallback_to"] = current.target
         try:  # content reached the caller: from here a failure is raised, never a switch of target
             yield first

@@ -203,18 +203,19 @@ def _demo_step(client: Any, server: Any, echo: Callable[[str], None]) -> None:
 
     config = demo_config(server, middleware=["ratelimit"])
     config["ratelimit"] = {"limits": [{"match": "local/llama3", "rps": 4}]}
-    limited = Client(config=config)
-    limited.complete("warm up", model="local/warmup")  # not limited: litellm's first-call cost stays out
-    seen = len(server.requests)
     waits: dict[str, float] = {}
 
-    async def one(i: int) -> None:
-        request = limited.request(f"burst request {i}", model="local/llama3")
-        await limited._complete_prepared(request)
-        waits[request.messages[-1]["content"]] = request.state["log"]["limiter_wait_ms"]
+    class WaitRecorder:
+        @hookimpl
+        def modelwire_response_received(self, request: Request) -> None:
+            waits[request.messages[-1]["content"]] = request.state.get("log", {}).get("limiter_wait_ms", 0.0)
+
+    limited = Client(config=config, plugins=[WaitRecorder()])
+    limited.complete("warm up", model="local/warmup")  # not limited: litellm's first-call cost stays out
+    seen = len(server.requests)
 
     async def burst() -> None:
-        await asyncio.gather(*(one(i) for i in range(1, 9)))
+        await asyncio.gather(*(limited.acomplete(f"burst request {i}", model="local/llama3") for i in range(1, 9)))
 
     portal.run(burst())
     arrivals = [r for r in server.requests[seen:] if r.route == "chat"]

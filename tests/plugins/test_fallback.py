@@ -162,6 +162,8 @@ async def test_stream_falls_back_only_before_first_chunk(fb_client: Any, server:
     stream = client.astream("hi", model="openai/gpt-4o")
     assert "".join([c.text async for c in stream]) == "from local"
     assert chat_models(server) == ["gpt-4o", "llama"]
+    final = stream.get_final_completion()
+    assert (final.provider, final.model) == ("local", "llama")  # who really answered
     server.reset()
     server.script(Reply.stream(["partial"], finish_reason=None, usage=False, ending="abort"), match="gpt-4o")
     received = []
