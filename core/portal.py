@@ -3,9 +3,10 @@
 The sync API (``Client.complete``, ``Client.stream``) drives the one async pipeline on a private
 event loop in a daemon thread. That works from plain scripts, from threads, and from inside a
 running event loop (the caller's loop is blocked for the call, but nothing deadlocks, because the
-work happens on the other loop). The thread starts on first use and is restarted after a fork. At interpreter exit the loop is
-stopped and the thread joined: a daemon thread frozen in the middle of an import (litellm imports
-lazily from background tasks) would otherwise deadlock finalizers that import too.
+work happens on the other loop). The thread starts on first use and is restarted after a fork.
+At interpreter exit the loop is stopped and the thread joined: a daemon thread frozen in the
+middle of an import (litellm imports lazily from background tasks) would otherwise deadlock
+finalizers that import too.
 """
 
 from __future__ import annotations
