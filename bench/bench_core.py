@@ -13,32 +13,17 @@ import logging
 import os
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import structlog
+from common import InstantPlugin, measure
 
 import modelwire
 from modelwire.testing import FakeServer
 
 MESSAGES = [{"role": "user", "content": "Say hi in five words."}]
-
-
-async def measure(variants: dict[str, Callable[[], Awaitable[Any]]], n: int) -> dict[str, list[float]]:
-    """Interleave the variants call by call, so that load changes on the machine hit all alike."""
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    for i in range(n + 20):
-        for label, call in variants.items():
-            start = time.perf_counter()
-            await call()
-            if i >= 20:  # warm-up
-                times[label].append(time.perf_counter() - start)
-    for label, t in times.items():
-        print(f"{label:<28} p50 {statistics.median(t) * 1e3:7.3f} ms   mean {statistics.fmean(t) * 1e3:7.3f} ms")
-    return times
 
 
 async def main(n: int) -> None:
@@ -88,19 +73,6 @@ async def main(n: int) -> None:
         print(f"modelwire / openai    p50 ratio {p50(mw) / p50(oa):.3f}")
         print(f"litellm   / openai    p50 ratio {p50(ll) / p50(oa):.3f}")
     await pipeline_only(n * 10)
-
-
-class Instant(modelwire.Provider):
-    """Answers in-process, so that what is timed is modelwire's own per-call work."""
-
-    async def acomplete(self, request: modelwire.Request) -> modelwire.Completion:
-        return modelwire.Completion("hi", "stop", request.model, self.name)
-
-
-class InstantPlugin:
-    @modelwire.hookimpl
-    def modelwire_register_providers(self, register: Any) -> None:
-        register("instant", Instant)
 
 
 async def pipeline_only(n: int) -> None:

@@ -17,13 +17,12 @@ import logging
 import os
 import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import structlog
+from common import InstantPlugin, measure
 
 import modelwire
 from modelwire.plugins.retry import RetryMiddleware
@@ -37,20 +36,6 @@ SECTIONS: dict[str, Any] = {
     "fallback": {"chains": {"local/m": ["backup/m"]}},
 }
 p50 = statistics.median
-
-
-async def measure(variants: dict[str, Callable[[], Awaitable[Any]]], n: int) -> dict[str, list[float]]:
-    """Interleave the variants call by call, so that load changes on the machine hit all alike."""
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    for i in range(n + 20):
-        for label, call in variants.items():
-            start = time.perf_counter()
-            await call()
-            if i >= 20:  # warm-up
-                times[label].append(time.perf_counter() - start)
-    for label, t in times.items():
-        print(f"  {label:<34} p50 {p50(t) * 1e3:8.3f} ms   mean {statistics.fmean(t) * 1e3:8.3f} ms")
-    return times
 
 
 def config(server: FakeServer, middleware: list[str]) -> dict[str, Any]:
@@ -82,17 +67,6 @@ async def http_success(n: int) -> None:
         print(f"  modelwire+reliability / litellm       p50 ratio {p50(rel) / p50(ll):.3f}")
         print(f"  modelwire+reliability / no middleware p50 ratio {p50(rel) / p50(none):.3f} "
               f"({1e3 * (p50(rel) - p50(none)):+.3f} ms)")
-
-
-class Instant(modelwire.Provider):
-    async def acomplete(self, request: modelwire.Request) -> modelwire.Completion:
-        return modelwire.Completion("hi", "stop", request.model, self.name)
-
-
-class InstantPlugin:
-    @modelwire.hookimpl
-    def modelwire_register_providers(self, register: Any) -> None:
-        register("instant", Instant)
 
 
 async def in_process(n: int) -> None:

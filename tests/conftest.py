@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 import modelwire
 from modelwire.testing import FakeServer, RedisServer
@@ -48,16 +49,41 @@ def make_client(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Callable
     return make
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server for the session; skipped when missing unless MODELWIRE_REQUIRE_REDIS=1."""
+def start_redis() -> RedisServer:
+    """Start a throwaway redis-server; skip when missing unless MODELWIRE_REQUIRE_REDIS=1."""
     try:
-        srv = RedisServer().start()
+        return RedisServer().start()
     except FileNotFoundError as exc:
         if os.environ.get("MODELWIRE_REQUIRE_REDIS") == "1":
             pytest.fail(f"MODELWIRE_REQUIRE_REDIS=1 but {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server shared by the session: do not pause or stop it (use ``own_redis``)."""
+    srv = start_redis()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test, which may pause or stop it."""
+    srv = start_redis()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _default_structlog() -> Iterator[None]:
+    """Tests capture events with structlog's defaults; an in-process CLI call may have
+    configured structlog (the CLI is an application and does so)."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)

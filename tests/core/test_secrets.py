@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import socket
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 import modelwire
@@ -24,15 +22,6 @@ from modelwire.testing import FakeServer, Reply
 from ..conftest import SENTINEL_KEY
 
 ECHO = f"Incorrect API key provided: {SENTINEL_KEY}. You can find your API key at https://x/account/api-keys."
-
-
-@pytest.fixture(autouse=True)
-def _default_structlog() -> Iterator[None]:
-    """capture_logs needs structlog's default filtering; another test may have configured it."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
 
 
 def replies() -> list[tuple[str, list[Reply]]]:

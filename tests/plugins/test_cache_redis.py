@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -78,21 +78,6 @@ class DelayProxy:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server this test may pause or stop (the session one is shared)."""
-    try:
-        srv = RedisServer().start()
-    except FileNotFoundError as exc:
-        if os.environ.get("MODELWIRE_REQUIRE_REDIS") == "1":
-            pytest.fail(f"MODELWIRE_REQUIRE_REDIS=1 but {exc}")
-        pytest.skip(str(exc))
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def redis_cache(url: str, **extra: Any) -> dict[str, Any]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 import modelwire
@@ -16,15 +15,6 @@ from modelwire.testing import FakeServer, Reply
 CTX = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
 FILTERED = {"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
                       "management policy.", "type": None, "param": "prompt", "code": "content_filter", "status": 400}}
-
-
-@pytest.fixture(autouse=True)
-def _default_structlog() -> Iterator[None]:
-    """capture_logs needs structlog's default filtering; another test may have configured it."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 import modelwire
@@ -18,15 +17,6 @@ from modelwire.providers.errors import map_exception, parse_duration, parse_retr
 from modelwire.testing import FakeServer, Reply
 
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(autouse=True)
-def _default_structlog() -> Iterator[None]:
-    """capture_logs needs structlog's default filtering; another test may have configured it."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
 
 
 def _date(offset: float) -> str:
