@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .hookspecs import hookimpl
-from .types import Chunk, Completion, Request, ToolCallDelta, Usage
+from .types import Chunk, Completion, LimitSpec, Request, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -32,6 +32,7 @@ __all__ = [
     "Chunk",
     "Client",
     "Completion",
+    "LimitSpec",
     "Middleware",
     "MiddlewareContext",
     "Provider",

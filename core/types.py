@@ -100,7 +100,9 @@ class Completion:
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False
-    raw: dict[str, Any] | None = None
+    #: What the provider returned: litellm's ModelResponse for the built-ins, its JSON form (a
+    #: dict) on cache hits, None for streams.
+    raw: Any = None
 
 
 @dataclass(frozen=True, slots=True)
