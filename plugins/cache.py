@@ -18,7 +18,7 @@ takes ``bypass``, ``no_store``, ``refresh``, ``ttl``, ``namespace`` and ``wait_t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -346,6 +346,43 @@ class CacheMiddleware(Middleware):
 
     # -- the middleware -------------------------------------------------------------------------
 
+    async def _lookup(
+        self, key: str, options: CacheOptions, log: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, Flight | None]:
+        """The stored entry for ``key``, or else the flight already fetching it (None, None: neither)."""
+        if options.refresh:
+            return None, None
+        flight = self.flights.get(key)
+        if flight is None:
+            found = await self._read(key)
+            if found is not None:
+                self.metrics.hits += 1
+                log["cache"] = "hit"
+                return found[0], None
+            flight = self.flights.get(key)  # another caller may have started one during the read
+        return None, flight
+
+    def _join(
+        self,
+        key: str,
+        flight: Flight | None,
+        stream: bool,
+        runner: Callable[[Flight], Awaitable[None]],
+        options: CacheOptions,
+        log: dict[str, Any],
+    ) -> tuple[Flight, bool]:
+        """Subscribe to ``flight``, or start one running ``runner``; returns it and whether it was shared."""
+        shared = flight is not None
+        if flight is None:
+            self.metrics.misses += 1
+            log["cache"] = "refresh" if options.refresh else "miss"
+            flight = self.flights.start(key, stream, runner)
+        else:
+            self.metrics.coalesced += 1
+            log["cache"] = "shared"
+        flight.subscribers += 1
+        return flight, shared
+
     async def ahandle(self, request: Request, call_next: CallNext) -> Completion:
         options = self.options(request)
         log: dict[str, Any] = request.state.setdefault("log", {})
@@ -353,26 +390,12 @@ class CacheMiddleware(Middleware):
             log["cache"] = "bypass"
             return await call_next(request)
         key = self.key_for(request, options)
-        flight: Flight | None = None
-        if not options.refresh:
-            flight = self.flights.get(key)
-            if flight is None:
-                found = await self._read(key)
-                if found is not None:
-                    self.metrics.hits += 1
-                    log["cache"] = "hit"
-                    return completion_from_entry(found[0])
-                flight = self.flights.get(key)
-        shared = flight is not None
-        if flight is None:
-            self.metrics.misses += 1
-            log["cache"] = "refresh" if options.refresh else "miss"
-            flight = self.flights.start(key, False, partial(self._run_whole, request, call_next, options, key))
-        else:
-            self.metrics.coalesced += 1
-            log["cache"] = "shared"
+        entry, flight = await self._lookup(key, options, log)
+        if entry is not None:
+            return completion_from_entry(entry)
+        runner = partial(self._run_whole, request, call_next, options, key)
+        flight, shared = self._join(key, flight, False, runner, options, log)
         timeout = self._wait_timeout(request, options) if shared else None
-        flight.subscribers += 1
         try:
             await wait_result(flight, timeout)
         except TimeoutError:
@@ -395,28 +418,14 @@ class CacheMiddleware(Middleware):
                 yield chunk
             return
         key = self.key_for(request, options)
-        flight: Flight | None = None
-        if not options.refresh:
-            flight = self.flights.get(key)
-            if flight is None:
-                found = await self._read(key)
-                if found is not None:
-                    self.metrics.hits += 1
-                    log["cache"] = "hit"
-                    for chunk in chunks_from_entry(found[0]):
-                        yield chunk
-                    return
-                flight = self.flights.get(key)
-        shared = flight is not None
-        if flight is None:
-            self.metrics.misses += 1
-            log["cache"] = "refresh" if options.refresh else "miss"
-            flight = self.flights.start(key, True, partial(self._run_stream, request, call_next, options, key))
-        else:
-            self.metrics.coalesced += 1
-            log["cache"] = "shared"
+        entry, flight = await self._lookup(key, options, log)
+        if entry is not None:
+            for chunk in chunks_from_entry(entry):
+                yield chunk
+            return
+        runner = partial(self._run_stream, request, call_next, options, key)
+        flight, shared = self._join(key, flight, True, runner, options, log)
         timeout = self._wait_timeout(request, options) if shared else None
-        flight.subscribers += 1
         try:
             if flight.stream:
                 try:
