@@ -25,7 +25,7 @@ from .errors import (
     UnknownProviderError,
 )
 from .log import logger
-from .middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from .middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from .provider import CheckResult, Provider
 from .registry import Registry, build_registry
 from .stream import AsyncStream, SyncStream
@@ -237,9 +237,7 @@ class Client:
         except BaseException as exc:
             raise self._failed(request, exc, start) from None
         finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_stream(upstream)
 
     def _failed(self, request: Request, exc: BaseException, start: float) -> BaseException:
         # ModelwireError and non-Exception signals (CancelledError, KeyboardInterrupt) pass as they are

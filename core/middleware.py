@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from .types import Chunk, Completion, Request
 
-__all__ = ["CallNext", "CallNextStream", "Middleware", "MiddlewareContext"]
+__all__ = ["CallNext", "CallNextStream", "Middleware", "MiddlewareContext", "aclose_stream"]
 
 CallNext = Callable[[Request], Coroutine[Any, Any, Completion]]
 CallNextStream = Callable[[Request], AsyncIterator[Chunk]]
@@ -78,3 +78,14 @@ class Middleware:
     def describe(self) -> dict[str, Any]:
         """State shown by ``modelwire plugins`` (counters, circuit state...)."""
         return {}
+
+
+async def aclose_stream(stream: AsyncIterator[Any]) -> None:
+    """Close a stream from the rest of the chain, and with it the upstream connection.
+
+    Middleware call this in a ``finally`` around ``call_next(request)`` streams they stop
+    reading early; iterators without ``aclose`` are left alone.
+    """
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

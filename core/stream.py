@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import portal
 from .errors import ContentFilterError, ModelwireError, ProviderError, StreamInterruptedError
+from .middleware import aclose_stream
 from .types import Chunk, Completion, Request, Usage
 
 if TYPE_CHECKING:
@@ -285,9 +286,7 @@ class AsyncStream:
             self._end("cancelled_by_consumer")
         else:
             self.end_reason = self.end_reason or "cancelled_by_consumer"
-        aclose = getattr(self._chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose_stream(self._chunks)
 
     async def __aenter__(self) -> AsyncStream:
         return self

@@ -28,7 +28,7 @@ from modelwire import portal
 from modelwire.errors import ConfigurationError, ModelwireError, ProviderTimeoutError, RequestValidationError
 from modelwire.hookspecs import hookimpl
 from modelwire.log import logger
-from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
 from .cache_backends import Backend, FileBackend, MemBackend, NullBackend, RedisCacheBackend
@@ -307,9 +307,7 @@ class CacheMiddleware(Middleware):
                 async for chunk in upstream:
                     flight.publish(chunk)
             finally:
-                aclose = getattr(upstream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await aclose_stream(upstream)
             final = assemble(flight.chunks, request.model, request.provider)
             flight.payload = self._encode(entry_from_chunks(flight.chunks, final), options)
             await self._finish_and_store(flight, request, key, final, options)

@@ -39,7 +39,7 @@ from modelwire.errors import (
     StreamInterruptedError,
 )
 from modelwire.hookspecs import hookimpl
-from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
 __all__ = ["Breaker", "CircuitConfig", "CircuitMiddleware"]
@@ -215,9 +215,7 @@ class CircuitMiddleware(Middleware):
                 breaker.release()
             raise
         finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_stream(upstream)
         if not started:
             breaker.success(self.clock())
 

@@ -53,7 +53,7 @@ from modelwire.errors import (
     StreamInterruptedError,
 )
 from modelwire.hookspecs import hookimpl
-from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
 __all__ = ["FallbackConfig", "FallbackMiddleware", "error_kind"]
@@ -220,16 +220,16 @@ class FallbackMiddleware(Middleware):
                 first = await upstream.__anext__()
                 break
             except StopAsyncIteration:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 return
             except ModelwireError as err:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 following = self._next(request, current, err, state)
                 if following is None:
                     raise self._final(err, state) from None
                 current = following
             except BaseException:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 raise
         if current is not request:
             request.attempt = current.attempt
@@ -240,7 +240,7 @@ class FallbackMiddleware(Middleware):
             async for chunk in upstream:
                 yield chunk
         finally:
-            await _aclose(upstream)
+            await aclose_stream(upstream)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -273,11 +273,6 @@ def _brief(error: ModelwireError) -> str:
     status = f" {error.status}" if error.status else ""
     return f"{type(error).__name__}{status} ({error.message[:100]})"
 
-
-async def _aclose(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _demo(client: Any, server: Any, echo: Callable[[str], None]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from modelwire.errors import RequestValidationError
 from modelwire.hookspecs import hookimpl
-from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
 
 from .ratelimit_config import RateLimitConfig, estimate_tokens, match_rule
@@ -125,9 +125,7 @@ class RateLimitMiddleware(Middleware):
             error = exc
             raise
         finally:
-            aclose = getattr(upstream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await aclose_stream(upstream)
             await _shielded(self.engine.finish(permit, usage=usage if error is None else None, error=error))
 
     # -- lifecycle and introspection -------------------------------------------------------------

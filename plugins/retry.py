@@ -40,7 +40,7 @@ from modelwire.errors import (
 )
 from modelwire.hookspecs import hookimpl
 from modelwire.log import logger
-from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext
+from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
 __all__ = ["RetryConfig", "RetryMiddleware", "backoff_delay"]
@@ -144,15 +144,15 @@ class RetryMiddleware(Middleware):
                 first = await self._timed(upstream.__anext__(), request, state)
                 break
             except StopAsyncIteration:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 return
             except ModelwireError as err:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 delay = self._decide(request, err, state)
                 if delay is None:
                     raise
             except BaseException:
-                await _aclose(upstream)
+                await aclose_stream(upstream)
                 raise
             await self.sleep(delay)
         # From here on the caller has seen content: a failure is raised, never retried.
@@ -161,7 +161,7 @@ class RetryMiddleware(Middleware):
             async for chunk in upstream:
                 yield chunk
         finally:
-            await _aclose(upstream)
+            await aclose_stream(upstream)
 
     # -- policy ----------------------------------------------------------------------------------
 
@@ -266,11 +266,6 @@ def _option(request: Request, key: str, default: Any, kind: type, minimum: float
         raise RequestValidationError(f"options['retry']['{key}'] must be a number >= {minimum}, got {value!r}")
     return kind(value)
 
-
-async def _aclose(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 @hookimpl
