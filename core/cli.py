@@ -137,6 +137,8 @@ def _plugins(client: Any, args: argparse.Namespace) -> int:
 
 
 def _config(client: Any, args: argparse.Namespace) -> int:
+    from .errors import redact
+
     cfg = client.config
     shown: dict[str, Any] = {"source": cfg.source, "middleware": cfg.middleware, "default_model": cfg.default_model}
     providers = {}
@@ -151,7 +153,7 @@ def _config(client: Any, args: argparse.Namespace) -> int:
     for mw, name in zip(client.middleware, cfg.middleware, strict=True):
         if mw.config is not None:
             shown[name] = mw.config.model_dump()
-    print(json.dumps(shown, indent=2, default=str))
+    print(redact(json.dumps(shown, indent=2, default=str)))  # e.g. a password in a Redis URL
     return 0
 
 

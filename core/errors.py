@@ -49,14 +49,16 @@ _SECRET = re.compile(
     r"(sk-[A-Za-z0-9_\-]{8,})|(Bearer\s+[A-Za-z0-9_\-\.]{8,})|((?:api[-_]?key|key)[=:]\s*[^\s&'\",]{6,})",
     re.IGNORECASE,
 )
+# The password in URLs such as redis://user:password@host (config values, connection errors).
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
 _secrets: set[str] = set()
 
 
 def redact(text: str) -> str:
-    """Remove API keys (the configured ones and anything key-shaped) from ``text``."""
+    """Remove API keys (the configured ones and anything key-shaped) and URL passwords from ``text``."""
     for secret in _secrets:
         text = text.replace(secret, "***")
-    return _SECRET.sub("***", text)
+    return _URL_PASSWORD.sub(r"\1:***@", _SECRET.sub("***", text))
 
 
 def remember_secret(secret: str) -> None:

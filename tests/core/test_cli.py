@@ -72,6 +72,13 @@ def test_config_masks_secrets(config: Path) -> None:
     assert SENTINEL_KEY not in out
 
 
+def test_config_masks_url_passwords(config: Path) -> None:
+    text = config.read_text().replace("middleware = []", 'middleware = ["cache"]')
+    config.write_text(text + '[cache]\nbackend = "redis"\nurl = "redis://:hunter2-password@127.0.0.1:1/0"\n')
+    out = cli("config", config=config).stdout
+    assert "hunter2-password" not in out and "redis://:***@127.0.0.1:1/0" in out
+
+
 def test_plugins_shows_order(config: Path) -> None:
     out = cli("plugins", config=config).stdout
     assert "openai_compatible" in out and "middleware order (outermost first): provider" in out
