@@ -10,7 +10,7 @@ import pytest
 
 import modelwire
 from modelwire.plugins.cache import cache_of
-from modelwire.plugins.cache_backends import MemBackend
+from modelwire.plugins.cache.backends import MemBackend
 from modelwire.testing import FakeServer, Reply
 
 MakeClient = Callable[..., modelwire.Client]

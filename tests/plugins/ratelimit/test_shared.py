@@ -18,7 +18,7 @@ import modelwire
 from modelwire.errors import RateLimiterUnavailableError
 from modelwire.testing import FakeServer, RedisServer
 from tests.conftest import SENTINEL_KEY
-from tests.plugins.test_ratelimit import MODEL, chat_times, max_in_window
+from tests.plugins.ratelimit.test_middleware import MODEL, chat_times, max_in_window
 
 RATE = 10
 PER_WORKER = 20

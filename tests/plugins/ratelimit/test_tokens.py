@@ -10,7 +10,7 @@ import pytest
 import modelwire
 from modelwire.errors import PayloadTooLargeError, RateLimitError, RateLimitExceeded
 from modelwire.testing import FakeServer, Reply
-from tests.plugins.test_ratelimit import MODEL
+from tests.plugins.ratelimit.test_middleware import MODEL
 
 # "hi" is estimated at 1 + 4 (one message) = 5 prompt tokens; with max_tokens=400 a request reserves 405.
 MAX_TOKENS = 400

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from modelwire.log import logger
 
-from .cache_backends import Backend, DistributedLock
+from .backends import Backend, DistributedLock
 
 __all__ = ["CacheMetrics", "Store"]
 

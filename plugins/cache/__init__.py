@@ -7,8 +7,8 @@ Turn it on with two lines of config (``middleware = ["cache", ...]`` and a ``[ca
     path = ".modelwire-cache"
 
 Whole and streamed requests share entries; N identical concurrent requests make one upstream call
-(:mod:`.cache_flight`; with Redis also across processes, through dogpile's distributed lock); a
-failing backend degrades to a miss (:mod:`.cache_store`). Per call, ``options={"cache": {...}}``
+(:mod:`.flight`; with Redis also across processes, through dogpile's distributed lock); a
+failing backend degrades to a miss (:mod:`.store`). Per call, ``options={"cache": {...}}``
 takes ``bypass``, ``no_store``, ``refresh``, ``ttl``, ``namespace`` and ``wait_timeout``.
 
 >>> client = modelwire.Client(config={"middleware": ["cache"], ...})  # doctest: +SKIP
@@ -31,8 +31,8 @@ from modelwire.log import logger
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
-from .cache_backends import Backend, FileBackend, MemBackend, NullBackend, RedisCacheBackend
-from .cache_codec import (
+from .backends import Backend, FileBackend, MemBackend, NullBackend, RedisCacheBackend
+from .codec import (
     CorruptEntry,
     assemble,
     chunks_from_entry,
@@ -42,9 +42,9 @@ from .cache_codec import (
     entry_from_chunks,
     entry_from_completion,
 )
-from .cache_flight import Flight, FlightTable, iterate, wait_result
-from .cache_keys import NAMESPACE_RE, default_key, provider_namespace
-from .cache_store import Store
+from .flight import Flight, FlightTable, iterate, wait_result
+from .keys import NAMESPACE_RE, default_key, provider_namespace
+from .store import Store
 
 __all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cache_of", "default_refusal"]
 
@@ -153,7 +153,7 @@ def _make_backend(config: CacheConfig) -> Backend:
 class CacheMiddleware(Middleware):
     """See the module docstring. Find it on a client with :func:`cache_of`.
 
-    :ivar metrics: this process's :class:`~.cache_store.CacheMetrics`.
+    :ivar metrics: this process's :class:`~.store.CacheMetrics`.
     """
 
     Config = CacheConfig
@@ -534,13 +534,13 @@ def modelwire_cache_should_store(request: Request, response: Completion) -> bool
 
 @hookimpl
 def modelwire_register_commands(register: Callable[..., None]) -> None:
-    from .cache_cli import run_command, setup_command
+    from .cli import run_command, setup_command
 
     register("cache", "cache statistics and invalidation (stats, clear)", setup_command, run_command)
 
 
 @hookimpl
 def modelwire_register_demo_steps(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    from .cache_cli import demo_step
+    from .cli import demo_step
 
     register("A repeated request answered from the cache", demo_step)

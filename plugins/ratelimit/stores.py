@@ -1,7 +1,7 @@
 """The shared rate-limit backends: SQLite (the processes of one host) and Redis (many hosts).
 
 Both run their blocking client on the backend's one worker thread (see
-:class:`~.ratelimit_backends.ThreadedBackend`), keep pyrate-limiter buckets
+:class:`~.backends.ThreadedBackend`), keep pyrate-limiter buckets
 (``SQLiteBucket`` / ``RedisBucket``), and add refund, charge, cooldown and usage on the same store.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from pyrate_limiter import AbstractBucket, Rate
 
-from .ratelimit_backends import SEP, Backend, MemoryBackend, ThreadBucket, ThreadedBackend
+from .backends import SEP, Backend, MemoryBackend, ThreadBucket, ThreadedBackend
 
 __all__ = ["RedisBackend", "SQLiteBackend", "make_backend"]
 

@@ -2,7 +2,7 @@
 
 dogpile's regions pickle values; modelwire never lets them: it talks to the backends' byte-level
 methods (``get_serialized``/``set_serialized``) or stores its own bytes, so a shared Redis or a
-dbm file only ever holds JSON (see :mod:`modelwire.plugins.cache_codec`).
+dbm file only ever holds JSON (see :mod:`modelwire.plugins.cache.codec`).
 
 Every backend here is synchronous. ``offload`` says whether the middleware must call it from a
 worker thread (file, redis: real I/O) or may call it inline on the event loop (memory, null:

@@ -10,8 +10,8 @@ from pyrate_limiter import Duration
 
 from modelwire import portal
 
-from .ratelimit_backends import BackendUnavailable
-from .ratelimit_config import nominal_interval
+from .backends import BackendUnavailable
+from .config import nominal_interval
 
 __all__ = ["collect", "show_limits"]
 

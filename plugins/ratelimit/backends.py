@@ -1,10 +1,10 @@
 """Where the rate-limit counts live: the common backend surface and the memory backend.
 
-The shared SQLite and Redis backends are in :mod:`.ratelimit_stores`.
+The shared SQLite and Redis backends are in :mod:`.stores`.
 
 All three keep pyrate-limiter buckets (sliding-window logs) behind one pyrate ``Limiter`` with
 a bucket factory of our own, and admit with ``Limiter.try_acquire_async`` (non-blocking: the
-waiting, in arrival order and up to a deadline, is done by :mod:`.ratelimit_engine`). On top
+waiting, in arrival order and up to a deadline, is done by :mod:`.engine`). On top
 of pyrate they add what reconciliation and provider feedback need: ``refund`` (free part of a
 token reservation), ``charge`` (add tokens the estimate missed), a shared ``cooldown`` and
 ``usage`` for ``modelwire limits``.

@@ -14,7 +14,7 @@ import pytest
 import modelwire
 from modelwire.errors import RateLimitError
 from modelwire.testing import FakeServer, RedisServer, Reply
-from tests.plugins.test_ratelimit import MODEL, burst, chat_times
+from tests.plugins.ratelimit.test_middleware import MODEL, burst, chat_times
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 
 import modelwire
 from modelwire.plugins.cache import CacheMiddleware, cache_of
-from modelwire.plugins.cache_keys import canonical, default_key
+from modelwire.plugins.cache.keys import canonical, default_key
 from modelwire.testing import FakeServer
 from modelwire.types import Request
 

@@ -13,10 +13,10 @@ import pytest
 
 import modelwire
 from modelwire.plugins.cache import CacheError, cache_of
-from modelwire.plugins.cache_cli import demo_step
+from modelwire.plugins.cache.cli import demo_step
 from modelwire.testing import FakeServer, Reply
 
-from ..conftest import SENTINEL_KEY
+from tests.conftest import SENTINEL_KEY
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"

@@ -25,8 +25,8 @@ from modelwire.hookspecs import hookimpl
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
 
-from .ratelimit_config import RateLimitConfig, estimate_tokens, match_rule
-from .ratelimit_engine import Engine, Permit
+from .config import RateLimitConfig, estimate_tokens, match_rule
+from .engine import Engine, Permit
 
 __all__ = ["RateLimitConfig", "RateLimitMiddleware"]
 
@@ -189,7 +189,7 @@ def _setup_limits(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_limits(client: Any, args: argparse.Namespace) -> int:
-    from .ratelimit_cli import show_limits
+    from .cli import show_limits
 
     return show_limits(client, args)
 

@@ -230,7 +230,7 @@ def _worker(server_url: str, redis_url: str, prefix: str, barrier: Any, prompt: 
 
 async def test_x05_two_processes_one_upstream_call(server: FakeServer, redis_server: RedisServer,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from ..conftest import SENTINEL_KEY
+    from tests.conftest import SENTINEL_KEY
 
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
     server.script(Reply(body=Reply.completion("computed once").body, delay=0.5))

@@ -37,9 +37,9 @@ from modelwire.errors import (
 from modelwire.log import logger
 from modelwire.types import LimitSpec, Request, Usage
 
-from .ratelimit_backends import Backend, BackendUnavailable, MemoryBackend
-from .ratelimit_config import RateLimitConfig, exhausted_for, request_rates, token_rates, token_unit
-from .ratelimit_stores import make_backend
+from .backends import Backend, BackendUnavailable, MemoryBackend
+from .config import RateLimitConfig, exhausted_for, request_rates, token_rates, token_unit
+from .stores import make_backend
 
 __all__ = ["Engine", "Permit", "Plan", "Stats"]
 

@@ -165,7 +165,7 @@ async def loop_lag_during(work: asyncio.Future[object] | asyncio.Task[object]) -
 @pytest.mark.parametrize("backend", ["file", "redis"])
 async def test_c16_sync_backends_do_not_block_the_loop(make_client: MakeClient, server: FakeServer, tmp_path: Path,
                                                        backend: str, redis_server: RedisServer) -> None:
-    from .test_cache_redis import DelayProxy
+    from .test_redis import DelayProxy
 
     proxy = DelayProxy(redis_server.port)
     section = {"backend": "file", "path": str(tmp_path / "c")} if backend == "file" else \

@@ -21,7 +21,7 @@ def setup_command(parser: argparse.ArgumentParser) -> None:
 def run_command(client: Any, args: argparse.Namespace) -> int:
     from modelwire import portal
 
-    from .cache import cache_of
+    from . import cache_of
 
     cache = cache_of(client)
     standalone = cache not in client.middleware
@@ -48,7 +48,7 @@ def demo_step(client: Any, server: Any, echo: Callable[[str], None]) -> None:
     from modelwire.client import Client
     from modelwire.demo import demo_config
 
-    from .cache import cache_of
+    from . import cache_of
 
     own = "cache" not in client.config.middleware
     if own:
