@@ -84,7 +84,7 @@ async def overhead(server: FakeServer) -> None:
 
 
 def estimators() -> None:
-    from modelwire.plugins.ratelimit_config import RateLimitConfig, estimate_tokens
+    from modelwire.plugins.ratelimit.config import RateLimitConfig, estimate_tokens
     from modelwire.providers.litellm_base import litellm
 
     request = Request("openai", "gpt-4o", [{"role": "user", "content": "hello world " * 100}])
