@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="modelwire", description="One call to OpenAI, Azure OpenAI and local LLM servers."
     )
     parser.add_argument("--config", help="path to a modelwire.toml (default: $MODELWIRE_CONFIG or ./modelwire.toml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print modelwire's structured log events")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print modelwire's log events (info and up)")
+    parser.add_argument(
+        "--log-format", choices=["console", "json"], default="console", help="how log events are printed on stderr"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("complete", help="complete a prompt and print the answer")
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(run=run)
 
     args = parser.parse_args(argv)
-    _configure_output(args.verbose)
+    _configure_output(args.verbose, args.log_format)
     try:
         from .client import Client
 
@@ -66,14 +69,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _configure_output(verbose: bool) -> None:
-    """The CLI is an application, so it may configure structlog (the library never does)."""
+def _configure_output(verbose: bool, log_format: str = "console") -> None:
+    """The CLI is an application, so it may configure logging for its own process (the library
+    never does): modelwire's events go to stderr, errors only unless ``-v``."""
     import structlog
 
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.ERROR),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if log_format == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[structlog.stdlib.add_log_level],
+        )
+    )
+    handler.set_name("modelwire-cli")
+    std = logging.getLogger("modelwire")
+    for old in [h for h in std.handlers if h.get_name() == "modelwire-cli"]:  # main() run twice in one process
+        std.removeHandler(old)
+    std.addHandler(handler)
+    std.setLevel(logging.INFO if verbose else logging.ERROR)
+    std.propagate = False
 
 
 def _quiet_litellm() -> None:

@@ -1,12 +1,15 @@
-"""One structlog event per attempt and per finished stream, on the ``modelwire`` logger.
+"""One event per attempt and per finished stream, on the ``modelwire`` logger.
 
 Events: ``llm.response`` (info) for a successful attempt, a cache hit or a finished stream;
-``llm.attempt_failed`` (warning) for a failed attempt. Middleware add their own fields through
+``llm.attempt_failed`` (warning) for a failed attempt; ``llm.cancelled`` (info) when the caller
+cancelled the request (a client disconnect is not a failure). Middleware add their own fields through
 ``request.state["log"]`` (cache hit, limiter wait, retry delay...). Never per chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from modelwire.hookspecs import hookimpl
@@ -18,6 +21,8 @@ __all__: list[str] = []
 
 @hookimpl
 def modelwire_response_received(request: Request, response: Completion, latency: float) -> None:
+    if not logger.isEnabledFor(logging.INFO):  # nobody listens: skip building the event
+        return
     usage = response.usage
     logger.info(
         "llm.response",
@@ -38,6 +43,17 @@ def modelwire_response_received(request: Request, response: Completion, latency:
 @hookimpl
 def modelwire_request_failed(request: Request, error: BaseException, attempt: int, latency: float) -> None:
     fields: dict[str, Any] = dict(request.state.get("log", {}))
+    if isinstance(error, asyncio.CancelledError):
+        logger.info(
+            "llm.cancelled",
+            provider=request.provider,
+            model=request.model,
+            attempt=attempt,
+            latency_ms=round(latency * 1000, 2),
+            stream=request.stream,
+            **fields,
+        )
+        return
     logger.warning(
         "llm.attempt_failed",
         provider=request.provider,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -85,5 +86,8 @@ def _default_structlog() -> Iterator[None]:
     configured structlog (the CLI is an application and does so)."""
     saved = structlog.get_config()
     structlog.reset_defaults()
+    std = logging.getLogger("modelwire")
+    saved_std = (list(std.handlers), std.level, std.propagate)
     yield
     structlog.configure(**saved)
+    std.handlers[:], std.level, std.propagate = saved_std

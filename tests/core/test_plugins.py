@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import structlog
 
 import modelwire
 from modelwire import Chunk, Completion, Middleware, Request, hookimpl
 from modelwire.errors import PluginError
-from modelwire.testing import FakeServer
+from modelwire.testing import FakeServer, capture_events
 
 
 def recorder(name: str, log: list[str]) -> type[Middleware]:
@@ -146,7 +145,7 @@ def test_duplicate_provider_kind_is_an_error(make_client) -> None:
 
 def test_disable_plugins_blocks_a_builtin(make_client, server: FakeServer) -> None:
     client = make_client(disable_plugins=["modelwire.plugins.logging"])
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         client.complete("x", model="local/m")
     assert logs == []
     assert client.registry.pm.is_blocked("modelwire.plugins.logging")
@@ -156,7 +155,7 @@ def test_one_log_event_per_attempt(make_client, server: FakeServer) -> None:
     from modelwire.testing import Reply
 
     client = make_client()
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         client.complete("x", model="local/m")
         server.script(Reply.error(500))
         with pytest.raises(modelwire.ServerError):
@@ -181,7 +180,7 @@ def test_raising_observer_does_not_fail_the_call(make_client, server: FakeServer
             raise ValueError("chunk observer bug")
 
     client = make_client(plugins=[Bad()])
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         assert client.complete("x", model="local/m").text == "echo: x"
         assert "".join(c.text for c in client.stream("y", model="local/m")) == "echo: y"
     assert any(e["event"] == "observer_failed" for e in logs)

@@ -14,10 +14,9 @@ import traceback
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 from ..conftest import SENTINEL_KEY
 
@@ -78,7 +77,7 @@ async def test_b10_sentinel_key_never_leaks(make_client: Any, server: FakeServer
     )
     found: list[str] = []
     errors = 0
-    with capture_logs() as logs:
+    with capture_events() as logs:
         for model, scripted in replies():
             server.reset()
             server.script(*scripted, *[Reply.error(503, f"fallbacks fail too {SENTINEL_KEY}")] * 8)

@@ -12,10 +12,9 @@ import tracemalloc
 from typing import Any
 
 import pytest
-import structlog
 
 import modelwire
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 from ..providers.test_stream_wire import chunk, collect, stream_client, usage_chunk, wait_closed
 
@@ -30,7 +29,7 @@ def long_reply(n: int = 300, delay: float = 0.01) -> Reply:
 async def test_s25_break_in_context_closes_upstream(make_client, server: FakeServer) -> None:
     server.script(long_reply())
     client = make_client()
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         async with client.astream("x", model="local/m") as stream:
             async for _ in stream:
                 if stream.chunks == 3:
@@ -49,7 +48,7 @@ async def test_s25_break_in_context_closes_upstream(make_client, server: FakeSer
 async def test_s25_dropped_stream_is_closed_by_garbage_collection(make_client, server: FakeServer) -> None:
     server.script(long_reply())
     client = make_client()
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         stream = client.astream("x", model="local/m")
         await stream.__anext__()
         del stream
@@ -67,7 +66,7 @@ async def test_s26_cancelled_task_propagates_and_closes(make_client, server: Fak
         async for c in client.astream("x", model="local/m"):
             got.append(c)
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         task = asyncio.create_task(consume())
         while len(got) < 3:
             await asyncio.sleep(0.005)
@@ -98,7 +97,7 @@ async def test_s27_long_stream_bounded_memory_and_no_per_chunk_logs(make_client,
     gc.collect()
     tracemalloc.start()
     try:
-        with structlog.testing.capture_logs() as logs:
+        with capture_events() as logs:
             before = tracemalloc.get_traced_memory()[0]
             assert await _drain_text(client) == 5 * n
             gc.collect()
@@ -269,7 +268,7 @@ def test_stream_complete_module_function(make_client, server: FakeServer, monkey
 async def test_one_log_event_per_stream_end(make_client, server: FakeServer) -> None:
     server.script(Reply.stream(["a", "b"]), Reply(events=[chunk("a")], ending="abort"))
     client = make_client()
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         await collect(client)
         await collect(client)
     ok, failed, end = logs

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
 from modelwire.plugins.fallback import FallbackMiddleware, error_kind
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 CTX = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
 FILTERED = {"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
@@ -40,7 +39,7 @@ async def test_chain_taken_after_retries(fb_client: Any, server: FakeServer) -> 
                        chains={"openai/gpt-4o": ["azure/gpt4o-deploy", "local/llama"]})
     server.script(Reply.error(503), Reply.error(503), match="gpt-4o")
     server.script(Reply.completion("from azure"), match="gpt4o-deploy")
-    with capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("hi", model="openai/gpt-4o")
     assert response.text == "from azure" and response.provider == "azure" and response.model == "gpt4o-deploy"
     assert chat_models(server) == ["gpt-4o", "gpt-4o", "gpt4o-deploy"]

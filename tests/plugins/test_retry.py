@@ -12,12 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
 from modelwire.hookspecs import hookimpl
 from modelwire.plugins.retry import RetryMiddleware, backoff_delay
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 P1 = ("Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Used 29000, "
       "Requested 2000.")
@@ -68,7 +67,7 @@ async def test_t01_429_retry_after_two_seconds(retry_client: Any, server: FakeSe
         Reply.error(429, P1, type="tokens", code="rate_limit_exceeded", headers={"retry-after": "2"}),
         Reply.completion("ok"),
     )
-    with capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("hi", model="openai/gpt-4o")
     assert response.text == "ok"
     assert server.calls() == 2

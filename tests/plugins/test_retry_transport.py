@@ -9,10 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 
 def closed_port() -> int:
@@ -40,7 +39,7 @@ async def test_t17_connection_refused(make_client: Any) -> None:
         providers={"local": {"kind": "openai_compatible", "api_base": f"http://127.0.0.1:{port}/v1"}},
     )
     started = time.monotonic()
-    with capture_logs() as logs:
+    with capture_events() as logs:
         with pytest.raises(modelwire.ProviderConnectionError) as info:
             await client.acomplete("hi", model="local/llama")
     assert time.monotonic() - started < 5.0
@@ -101,7 +100,7 @@ async def test_r06_ambiguous_timeout_double_billing(make_client: Any, server: Fa
     )
     slow = Reply(body=Reply.completion("billed").body, delay=0.8)  # answers after the client gave up
     server.script(slow, slow)
-    with capture_logs() as logs:
+    with capture_events() as logs:
         with pytest.raises(modelwire.ProviderTimeoutError):
             await client.acomplete("write a novel", model="openai/gpt-4o")
     if retry_on_timeout:
@@ -116,7 +115,7 @@ async def test_r06_ambiguous_timeout_double_billing(make_client: Any, server: Fa
 async def test_t24_short_body_retried_and_flagged(make_client: Any, server: FakeServer) -> None:
     client = make_client(middleware=["retry"], retry={"base_delay": 0.01})
     server.script(Reply(body=Reply.completion("cut").body, content_length=5000), Reply.completion("whole"))
-    with capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("hi", model="openai/gpt-4o")
     assert response.text == "whole" and server.calls() == 2
     failed = [e for e in logs if e["event"] == "llm.attempt_failed"]

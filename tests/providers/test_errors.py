@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
 from modelwire.providers.errors import map_exception, parse_duration, parse_retry_after, rate_limit_hint
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 
 NOW = 1_700_000_000.0
 
@@ -255,14 +254,14 @@ async def test_b07_silent_truncation_warning(client: modelwire.Client, server: F
     long_prompt = "word " * 2000  # ~10000 characters, about 2500 tokens
     server.script(Reply.completion("ok", usage={"prompt_tokens": 2048 // 4, "completion_tokens": 1,
                                                 "total_tokens": 513}))
-    with capture_logs() as logs:
+    with capture_events() as logs:
         await client.acomplete(long_prompt, model="local/ollama")
     warned = [e for e in logs if e["event"] == "llm.prompt_truncated_suspected"]
     assert len(warned) == 1 and warned[0]["prompt_tokens"] == 512 and warned[0]["estimated_prompt_tokens"] >= 2000
     assert warned[0]["log_level"] == "warning"
     server.script(Reply.completion("ok", usage={"prompt_tokens": 2100, "completion_tokens": 1, "total_tokens": 2101}),
                   Reply.completion("ok", usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}))
-    with capture_logs() as logs:
+    with capture_events() as logs:
         await client.acomplete(long_prompt, model="local/ollama")  # a plausible count: no warning
         await client.acomplete("short prompt", model="local/ollama")  # too short to judge
     assert not [e for e in logs if e["event"] == "llm.prompt_truncated_suspected"]

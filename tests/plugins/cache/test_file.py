@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 import modelwire
 from modelwire.plugins.cache import cache_of
-from modelwire.testing import FakeServer
+from modelwire.testing import FakeServer, capture_events
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
@@ -72,7 +71,7 @@ async def test_c17_truncated_data_file_is_a_miss_with_a_warning(make_client: Mak
     assert (await client.acomplete("q", model=MODEL)).cached
     data = path.with_suffix(".dat")
     data.write_bytes(data.read_bytes()[:20])
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("q", model=MODEL)
     assert response.text == "echo: q" and not response.cached and server.calls() == 2
     assert any(e["event"] == "cache.corrupt_entry" and e["log_level"] == "warning" for e in logs)
@@ -86,7 +85,7 @@ async def test_c17_garbage_index_file_is_recreated(make_client: MakeClient, serv
     client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(path)})
     await client.acomplete("q", model=MODEL)
     path.with_suffix(".dir").write_bytes(b"\x00\xffnot a dbm index (\n")
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("q", model=MODEL)
     assert response.text == "echo: q" and server.calls() == 2
     events = {e["event"] for e in logs}
@@ -107,7 +106,7 @@ async def test_c17_old_or_foreign_entries_are_misses(make_client: MakeClient, se
     cache = cache_of(client)
     key = cache.key_for(client.request("q", model=MODEL))
     cache.store.backend.set(key, stored, None)
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         response = await client.acomplete("q", model=MODEL)
     assert response.text == "echo: q" and not response.cached and server.calls() == 1
     assert any(e["event"] == "cache.corrupt_entry" for e in logs)

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-import structlog
 
 import modelwire
 from modelwire.plugins.cache import cache_of
-from modelwire.testing import FakeServer, RedisServer, Reply
+from modelwire.testing import FakeServer, RedisServer, Reply, capture_events
 from modelwire.testing.redis import free_port
 
 MakeClient = Callable[..., modelwire.Client]
@@ -106,7 +105,7 @@ async def test_c12_redis_down_at_startup(make_client: MakeClient, server: FakeSe
     client = make_client(middleware=["cache"], cache=redis_cache(f"redis://127.0.0.1:{port}/0", timeout=0.1,
                                                                  circuit_reset=0.5))
     cache = cache_of(client)
-    with structlog.testing.capture_logs() as logs:
+    with capture_events() as logs:
         for _ in range(5):
             assert (await client.acomplete("q", model=MODEL)).text == "echo: q"
     assert server.calls() == 5

@@ -10,12 +10,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 import modelwire
 from modelwire.errors import ConfigurationError, RateLimitError, RateLimitExceeded
 from modelwire.hookspecs import hookimpl
-from modelwire.testing import FakeServer, Reply
+from modelwire.testing import FakeServer, Reply, capture_events
 from modelwire.types import LimitSpec, Request
 
 MODEL = "openai/gpt-4o"
@@ -273,7 +272,7 @@ class _Delays:
 async def test_wait_is_logged_counted_and_announced(make_client: Callable[..., modelwire.Client]) -> None:
     delays = _Delays()
     client = make_client(plugins=(delays,), middleware=["ratelimit"], ratelimit={"limits": [{"rps": 1}]})
-    with capture_logs() as logs:
+    with capture_events() as logs:
         await burst(client, 2)
     waits = [e["limiter_wait_ms"] for e in logs if e["event"] == "llm.response"]
     assert len(waits) == 2 and min(waits) < 50 and max(waits) >= 800
