@@ -150,7 +150,9 @@ def test_cancelled_request_is_an_info_event_not_a_failure(server: FakeServer, ma
 
 def test_cli_verbose_and_json_log_format(server: FakeServer, tmp_path) -> None:
     config = tmp_path / "modelwire.toml"
-    config.write_text(f'middleware = []\n[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n')
+    config.write_text(
+        f'middleware = []\n[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n'
+    )
     base = [sys.executable, "-m", "modelwire.cli", "--config", str(config)]
     quiet = subprocess.run([*base, "complete", "hi", "--model", "local/m"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout.strip()
