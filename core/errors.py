@@ -18,6 +18,7 @@ __all__ = [
     "ConfigurationError",
     "ContentFilterError",
     "ContextWindowExceededError",
+    "EmptyStreamError",
     "InvalidResponseError",
     "MissingAPIKeyError",
     "ModelwireError",
@@ -40,6 +41,7 @@ __all__ = [
     "StreamInterruptedError",
     "StreamProtocolError",
     "StreamRepetitionError",
+    "SyncCallError",
     "UnknownProviderError",
     "redact",
 ]
@@ -145,6 +147,11 @@ class RequestValidationError(ModelwireError):
 
 class PayloadTooLargeError(RequestValidationError):
     """The request is larger than the configured limit or the rate-limit budget."""
+
+
+class SyncCallError(ModelwireError):
+    """A blocking call (``complete``, ``stream``, ``close``) made where it cannot run: from a hook or
+    middleware on modelwire's own event loop (use the async API there)."""
 
 
 class ProviderError(ModelwireError):
@@ -264,6 +271,12 @@ class StreamInterruptedError(ProviderError):
         self.chunks = chunks
         self.usage_known = usage_known
         super().__init__(message, **kw)
+
+
+class EmptyStreamError(StreamInterruptedError):
+    """The server answered 200 with a stream that carried no text, tool call or finish_reason
+    (nothing at all, or only ``[DONE]``/usage). Retryable like any interruption; some local servers
+    answer a prompt over their context size this way, so bound the retries (docs/streaming.md)."""
 
 
 class StreamIdleTimeoutError(StreamInterruptedError):
