@@ -86,6 +86,10 @@ class Backend:
     def close(self) -> None:
         """Release connections."""
 
+    def after_fork(self) -> None:
+        """Called in a forked child before its first call: renew what the fork left unusable
+        (locks another thread of the parent may have held)."""
+
 
 class LRUDict(OrderedDict[str, Any]):
     """A dict bounded to ``max_entries`` and ``max_bytes`` (of bytes values): reads refresh an
@@ -163,6 +167,9 @@ class MemBackend(Backend):
 
     def count(self) -> int:
         return len(self.data)
+
+    def after_fork(self) -> None:
+        self.data.lock = threading.Lock()  # a parent thread may have held it at the fork
 
 
 class NullBackend(Backend):

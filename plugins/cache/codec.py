@@ -25,6 +25,8 @@ __all__ = [
     "encode",
     "entry_from_chunks",
     "entry_from_completion",
+    "raw_json",
+    "size_floor",
 ]
 
 #: Version of the stored document; another value is treated as a corrupt (old) entry.
@@ -35,14 +37,11 @@ class CorruptEntry(ValueError):
     """A stored value that is not a modelwire cache document (old format, truncated, foreign)."""
 
 
-def _usage(usage: Usage | None) -> dict[str, int] | None:
-    if usage is None:
-        return None
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
+    return usage.to_dict() if usage is not None else None
 
 
-def _raw(raw: Any) -> Any:
+def raw_json(raw: Any) -> Any:
     """The provider's raw body as plain JSON data (litellm gives pydantic objects)."""
     if raw is None or isinstance(raw, (dict, list, str, int, float, bool)):
         return raw
@@ -66,7 +65,8 @@ def entry_from_completion(response: Completion) -> dict[str, Any]:
         "provider": response.provider,
         "usage": _usage(response.usage),
         "tool_calls": response.tool_calls,
-        "raw": _raw(response.raw),
+        "raw": raw_json(response.raw),
+        "cost": response.cost,
     }
 
 
@@ -88,6 +88,25 @@ def entry_from_chunks(chunks: list[Chunk], final: Completion) -> dict[str, Any]:
         for c in chunks
     ]
     return entry
+
+
+#: The smallest JSON one stored chunk and one stored tool-call delta take (their empty skeletons).
+_CHUNK_FLOOR = len(json.dumps(
+    {"text": "", "tool_calls": [], "finish_reason": None, "usage": None, "index": 0, "metadata": {}},
+    separators=(",", ":"),
+))
+_DELTA_FLOOR = len(json.dumps({"index": 0, "id": None, "name": None, "arguments": ""}, separators=(",", ":")))
+
+
+def size_floor(chunk: Chunk) -> int:
+    """A lower bound of the bytes ``chunk`` adds to the stored entry of its stream: its JSON in
+    the chunk list, plus (choice 0) its text and arguments again in the assembled completion.
+    A stream whose running total passes ``max_value_bytes`` can never be stored."""
+    args = sum(len(t.arguments) for t in chunk.tool_calls)
+    size = _CHUNK_FLOOR + len(chunk.text) + args + _DELTA_FLOOR * len(chunk.tool_calls)
+    if chunk.index == 0:
+        size += len(chunk.text) + args
+    return size
 
 
 def encode(entry: dict[str, Any], ttl: float | None) -> bytes:
@@ -125,6 +144,7 @@ def completion_from_entry(entry: dict[str, Any]) -> Completion:
         tool_calls=list(entry.get("tool_calls") or []),
         cached=True,
         raw=entry.get("raw"),
+        cost=entry.get("cost"),  # what the answer cost when stored (the cost plugin reports it as saved)
     )
 
 

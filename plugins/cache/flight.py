@@ -6,9 +6,19 @@ every caller (the one who started it and the ones who joined) is a *subscriber*:
 
 - a whole request waits for the flight's result; a streamed request reads the flight's chunks,
   from the first one, as they arrive (late joiners get a replay of what came before);
+- every subscriber gets the leader's answer itself (a copy of it), never a re-read of the store,
+  whose entry may already have expired by the time a subscriber wakes up;
 - a subscriber that cancels or stops early only unsubscribes; the flight is cancelled (and its
   upstream connection closed) only when no subscriber is left;
-- an upstream error reaches every subscriber, after the chunks that came before it.
+- an upstream error reaches every subscriber, after the chunks that came before it, each as its
+  own copy (one shared object would collect every subscriber's traceback frames);
+- a stream that can no longer be stored stops *buffering*: it leaves the table (nobody may
+  join it, as the chunks a joiner would need are gone) and keeps only the chunks some
+  subscriber has not read yet, so its memory stays bounded by the slowest reader's lag.
+
+Waiting never uses ``asyncio.wait_for``: up to Python 3.11 it returns the result when the
+caller's cancellation races with the awaited event, which swallowed the cancellation of a
+follower woken by a chunk (it then returned the whole answer instead of CancelledError).
 """
 
 from __future__ import annotations
@@ -19,7 +29,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from modelwire.types import Chunk, Completion
 
-__all__ = ["Flight", "FlightTable", "clone_chunk", "iterate", "wait_result"]
+__all__ = ["Cursor", "Flight", "FlightTable", "clone_chunk", "fresh_error", "iterate", "wait_result"]
+
+#: Below this many held chunks a flight that stopped buffering does not bother trimming.
+_TRIM_FLOOR = 64
 
 
 def clone_chunk(chunk: Chunk, shared: bool) -> Chunk:
@@ -33,32 +46,111 @@ def clone_chunk(chunk: Chunk, shared: bool) -> Chunk:
     return out
 
 
+def fresh_error(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one subscriber: same class, message, attributes and cause, no
+    traceback. Raising the one shared object from N subscribers appends every raise's frames to
+    its ``__traceback__`` (1,505 frames for 500 callers) and lets one caller see another's."""
+    try:
+        out = type(error).__new__(type(error), *error.args)
+        out.__dict__.update(error.__dict__)
+    except Exception:  # an exotic exception class that cannot be rebuilt: drop the traceback only
+        return error.with_traceback(None)
+    out.args = error.args
+    out.__cause__ = error.__cause__
+    out.__context__ = error.__context__
+    out.__suppress_context__ = error.__suppress_context__
+    return out
+
+
+class Cursor:
+    """Where one subscriber is in a streamed flight: the absolute index of its next chunk."""
+
+    __slots__ = ("pos",)
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+
 class Flight:
     """One upstream call shared by its subscribers.
 
-    :ivar chunks: chunks received so far (streamed flights).
+    :ivar chunks: the chunks held (streamed flights); ``chunks[0]`` is chunk number ``base``.
+        While ``buffering``, every chunk from the first is held.
+    :ivar buffering: False once the stream cannot be stored (``dropped`` says why).
+    :ivar buffered_bytes: a lower bound of the size of the entry the held stream would make.
     :ivar result: the completion (whole flights), set when done.
     :ivar error: the exception the upstream call ended with, if any.
+    :ivar served_by: ``(provider, model)`` that answered, when a fallback sent it elsewhere.
     """
 
     def __init__(self, key: str, stream: bool) -> None:
         self.key = key
         self.stream = stream
         self.chunks: list[Chunk] = []
+        self.base = 0
+        self.buffering = True
+        self.dropped: str | None = None
+        self.buffered_bytes = 0
         self.result: Completion | None = None
-        #: The encoded entry (JSON bytes), so each subscriber decodes its own fresh copy.
+        #: The encoded entry (JSON bytes) the leader stores; never read back by subscribers.
         self.payload: bytes | None = None
         self.error: BaseException | None = None
+        self.served_by: tuple[str, str] | None = None
         self.done = False
         self.subscribers = 0
+        self.cursors: list[Cursor] = []
         self.task: asyncio.Task[None] | None = None
         self.table: FlightTable | None = None
         self.loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._trim_at = _TRIM_FLOOR
 
-    def publish(self, chunk: Chunk) -> None:
+    # -- subscribers -------------------------------------------------------------------------------
+
+    def subscribe(self) -> Cursor:
+        """Count one more subscriber; its cursor starts at the first chunk (a full replay)."""
+        self.subscribers += 1
+        cursor = Cursor()
+        self.cursors.append(cursor)
+        return cursor
+
+    async def release(self, cursor: Cursor) -> None:
+        """One subscriber left; the last one out cancels an unfinished flight and waits for it
+        to close its upstream connection."""
+        self.subscribers -= 1
+        if cursor in self.cursors:
+            self.cursors.remove(cursor)
+        task = self.task
+        if self.subscribers <= 0 and not self.done and task is not None and not task.done():
+            self.retire()  # nobody may join a flight that is being cancelled
+            task.cancel()
+            await asyncio.wait([task])
+
+    # -- the leader's side -------------------------------------------------------------------------
+
+    def publish(self, chunk: Chunk, size: int = 0) -> None:
+        """Add a chunk (``size``: its share of the stored entry, counted while buffering)."""
         self.chunks.append(chunk)
+        if self.buffering:
+            self.buffered_bytes += size
+        elif len(self.chunks) >= self._trim_at:
+            self._trim()
+            self._trim_at = max(_TRIM_FLOOR, 2 * len(self.chunks))
         self._wake()
+
+    def stop_buffering(self, reason: str) -> None:
+        """The stream will not be stored: stop holding chunks every subscriber has read."""
+        if not self.buffering:
+            return
+        self.buffering, self.dropped = False, reason
+        self.retire()
+        self._trim()
+
+    def _trim(self) -> None:
+        upto = min((c.pos for c in self.cursors), default=self.base + len(self.chunks))
+        if upto > self.base:
+            del self.chunks[: upto - self.base]
+            self.base = upto
 
     def finish(self, result: Completion | None = None, error: BaseException | None = None) -> None:
         self.result, self.error, self.done = result, error, True
@@ -74,26 +166,32 @@ class Flight:
         if self.task is not None and not self.task.done():
             await asyncio.wait([self.task])
 
+    # -- waiting -------------------------------------------------------------------------------------
+
     def _wake(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def changed(self, timeout: float | None) -> None:
-        """Wait for the next chunk or the end; TimeoutError after ``timeout`` seconds."""
-        if timeout is None:
-            await self._changed.wait()
-        else:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        """Wait for the next chunk or the end; TimeoutError after ``timeout`` seconds.
 
-    async def release(self) -> None:
-        """One subscriber left; the last one out cancels an unfinished flight and waits for it
-        to close its upstream connection."""
-        self.subscribers -= 1
-        task = self.task
-        if self.subscribers <= 0 and not self.done and task is not None and not task.done():
-            self.retire()  # nobody may join a flight that is being cancelled
-            task.cancel()
-            await asyncio.wait([task])
+        Each waiter awaits its own future: a cancelled waiter cancels only that future, and
+        the cancellation always reaches the caller (see the module docstring)."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class FlightTable:
@@ -145,17 +243,25 @@ async def wait_result(flight: Flight, timeout: float | None) -> Flight:
     return flight
 
 
-async def iterate(flight: Flight, shared: bool, idle_timeout: float | None) -> AsyncIterator[Chunk]:
-    """The flight's chunks from the first, then its error if it failed (subscribed already)."""
-    i = 0
+async def iterate(
+    flight: Flight, cursor: Cursor, shared: bool, idle_timeout: float | None, deadline: float | None = None
+) -> AsyncIterator[Chunk]:
+    """The flight's chunks from ``cursor`` on, then its error if it failed (subscribed already).
+
+    TimeoutError when no chunk comes for ``idle_timeout`` seconds or at ``deadline`` (loop time)."""
     while True:
-        while i < len(flight.chunks):
-            yield clone_chunk(flight.chunks[i], shared)
-            i += 1
+        while cursor.pos < flight.base + len(flight.chunks):
+            chunk = flight.chunks[cursor.pos - flight.base]
+            cursor.pos += 1
+            yield clone_chunk(chunk, shared)
         if flight.done:
             if flight.error is not None:
-                raise flight.error
+                raise fresh_error(flight.error)
             return
-        await flight.changed(idle_timeout)
-
-
+        wait = idle_timeout
+        if deadline is not None:
+            left = deadline - flight.loop.time()
+            if left <= 0:
+                raise TimeoutError
+            wait = left if wait is None else min(wait, left)
+        await flight.changed(wait)

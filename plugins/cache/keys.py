@@ -16,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from modelwire.errors import RequestValidationError
 from modelwire.types import Request
 
 __all__ = [
@@ -53,8 +54,61 @@ _fingerprints: dict[str, str] = {}
 
 
 def canonical(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 kept, so equal requests give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    """Canonical JSON: sorted keys, no spaces, UTF-8 kept, integral floats written as integers
+    (``temperature=1`` and ``1.0`` are one request), so equal requests give equal text.
+
+    A dict whose keys cannot be sorted together (``{1: -100, "a": 2}``) is sorted by the text its
+    keys become in JSON, which is what the provider receives; two keys that become the same text
+    (``1`` and ``"1"``) make an ambiguous request, refused with :class:`RequestValidationError`.
+
+    >>> canonical({"b": 1.0, "a": "é", "c": {2: 0.5, "x": 1}})
+    '{"a":"é","b":1,"c":{"2":0.5,"x":1}}'
+    """
+    return json.dumps(_normal(value, ""), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=repr)
+
+
+#: Integral floats up to this size are exact integers; beyond it they are left as floats.
+_EXACT = 2.0**53
+
+
+def _normal(value: Any, path: str) -> Any:
+    """``value`` with integral floats as ints and unsortable dict keys as their JSON text.
+
+    Everything else is left as it is, so that keys of requests without such values do not change."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= _EXACT else value
+    if isinstance(value, dict):
+        out = {k: _normal(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        try:
+            sorted(out)
+        except TypeError:
+            return _text_keys(out, path)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_normal(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _text_keys(value: dict[Any, Any], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+    for key, item in value.items():
+        text = key if isinstance(key, str) else _json_key(key)
+        if text in seen:
+            raise RequestValidationError(
+                f"{path or 'a dict'}: keys {seen[text]!r} and {key!r} are the same key once sent as JSON "
+                f"({text!r}); use one of them"
+            )
+        seen[text], out[text] = key, item
+    return out
+
+
+def _json_key(key: Any) -> str:
+    """The text ``json.dumps`` writes for a non-string dict key (repr for the ones it refuses)."""
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return repr(key)
 
 
 def key_fingerprint(api_key: str) -> str:

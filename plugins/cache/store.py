@@ -9,6 +9,7 @@ the cache comes back by itself when Redis does.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,6 +52,13 @@ class CacheMetrics:
     bytes_written: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
+    def reset(self) -> None:
+        """Zero every counter in place (a forked child starts its own counts)."""
+        for name, value in vars(self).items():
+            if isinstance(value, int):
+                setattr(self, name, 0)
+        self.skipped.clear()
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in vars(self).items() if k != "skipped"}
         out["skipped"] = dict(self.skipped)
@@ -64,6 +72,12 @@ class CacheMetrics:
 
 class Store:
     """Calls ``backend`` with a timeout, off the event loop when it does I/O.
+
+    After ``os.fork()`` (gunicorn ``--preload``, multiprocessing's fork start method) the child
+    inherits the parent's thread pool object but none of its threads: work submitted to it would
+    wait forever (each call timing out, the first distributed lock stalling ``lock_timeout``).
+    The first call in a new process therefore starts a fresh pool, fresh backend locks and
+    zeroed counters (the parent keeps counting and flushing its own).
 
     :param backend: the byte store.
     :param timeout: seconds allowed for one get/set/delete.
@@ -82,18 +96,32 @@ class Store:
         self._executor: ThreadPoolExecutor | None = None
         self._flushed: dict[str, int] = {}
         self._last_flush = time.monotonic()
+        self._pid = os.getpid()
 
     @property
     def circuit_open(self) -> bool:
         return self._failures >= self.circuit_failures and time.monotonic() < self._open_until
 
+    def _check_fork(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._executor = None  # the parent's workers do not exist here; never shut their pool down
+        self.metrics.reset()
+        self._flushed = {}
+        self._last_flush = time.monotonic()
+        self._failures, self._open_until = 0, 0.0
+        self.backend.after_fork()
+
     def executor(self) -> ThreadPoolExecutor:
+        self._check_fork()
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="modelwire-cache")
         return self._executor
 
     async def call(self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T | Any:
         """``fn(*args)`` within the timeout; returns ``_FAILED`` (see :meth:`failed`) on any error."""
+        self._check_fork()
         if self.circuit_open:
             self.metrics.circuit_skips += 1
             return _FAILED
@@ -108,11 +136,19 @@ class Store:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor(), fn, *args)
         try:
-            result = await asyncio.wait_for(future, timeout or self.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            # asyncio.wait, not wait_for: up to 3.11 wait_for may swallow the caller's
+            # cancellation when it races with the result; wait never does.
+            done, _ = await asyncio.wait((future,), timeout=timeout or self.timeout)
+        except BaseException:
+            future.cancel()  # not started yet: never run it; running: its result is dropped
+            raise
+        if not done:
+            future.cancel()
             self.metrics.timeouts += 1
             self._failure(op, TimeoutError(f"no answer within {timeout or self.timeout} s"))
             return _FAILED
+        try:
+            result = future.result()
         except Exception as exc:
             self._failure(op, exc)
             return _FAILED
@@ -168,6 +204,7 @@ class Store:
     async def lock(self, key: str, wait: float) -> DistributedLock | None:
         """Acquire the backend's distributed lock for ``key`` (waiting up to ``wait`` seconds);
         None when there is no such lock, it could not be had in time, or the backend failed."""
+        self._check_fork()
         mutex = self.backend.mutex(key)
         if mutex is None:
             return None
