@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.fallback",
     "modelwire.plugins.circuit",
     "modelwire.plugins.cache",
+    "modelwire.plugins.otel",
 ]
 
 
