@@ -1,4 +1,5 @@
-"""Shared fixtures: the loopback fake server, a client factory pointing at it, a real Redis."""
+"""Project fixtures on top of modelwire's pytest plugin: the suite's sentinel key, its fixture
+names (``server``, ``make_client``), a Redis of one's own and a clean logging state per test."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import structlog
 
 import modelwire
 from modelwire.testing import FakeServer, RedisServer
+from modelwire.testing.pytest_plugin import start_redis
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -19,55 +21,40 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 SENTINEL_KEY = "sk-SENTINEL-0123456789abcdefghij"
 
 
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    with FakeServer() as srv:
-        yield srv
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("modelwire"):
+        raise pytest.UsageError(
+            "modelwire's pytest plugin (entry point pytest11) is not installed: run pip install -e '.[dev]'"
+        )
+
+
+# The plugin (modelwire.testing.pytest_plugin) provides fake_server, modelwire_config,
+# modelwire_client and redis_server; the names below are the ones this suite was written with.
 
 
 @pytest.fixture
-def make_client(server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> Callable[..., modelwire.Client]:
-    """Build a Client whose providers ``openai``, ``azure`` and ``local`` all point at ``server``.
+def modelwire_api_key() -> str:
+    return SENTINEL_KEY
 
-    Keyword arguments are merged into the config (``middleware=[...]``, ``cache={...}``);
+
+@pytest.fixture
+def server(fake_server: FakeServer) -> FakeServer:
+    return fake_server
+
+
+@pytest.fixture
+def make_client(modelwire_config: dict[str, Any]) -> Callable[..., modelwire.Client]:
+    """Build a Client from ``modelwire_config`` (providers ``openai``, ``azure`` and ``local`` on
+    ``server``, keys = SENTINEL_KEY).
+
+    Keyword arguments replace top-level config keys (``middleware=[...]``, ``cache={...}``);
     ``plugins=`` is passed to the Client.
     """
-    monkeypatch.setenv("OPENAI_API_KEY", SENTINEL_KEY)
-    monkeypatch.setenv("AZURE_OPENAI_API_KEY", SENTINEL_KEY)
 
     def make(plugins: tuple[object, ...] = (), **config: Any) -> modelwire.Client:
-        base: dict[str, Any] = {
-            "middleware": [],
-            "providers": {
-                "openai": {"api_base": server.openai_url},
-                "azure": {"api_base": server.url, "api_version": "2024-10-21"},
-                "local": {"kind": "openai_compatible", "api_base": server.openai_url},
-            },
-        }
-        base.update(config)
-        return modelwire.Client(config=base, plugins=plugins)
+        return modelwire.Client(config={**modelwire_config, **config}, plugins=plugins)
 
     return make
-
-
-def start_redis() -> RedisServer:
-    """Start a throwaway redis-server; skip when missing unless MODELWIRE_REQUIRE_REDIS=1."""
-    try:
-        return RedisServer().start()
-    except FileNotFoundError as exc:
-        if os.environ.get("MODELWIRE_REQUIRE_REDIS") == "1":
-            pytest.fail(f"MODELWIRE_REQUIRE_REDIS=1 but {exc}")
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server shared by the session: do not pause or stop it (use ``own_redis``)."""
-    srv = start_redis()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -171,6 +171,9 @@ class FakeServer:
         #: ``seconds`` (itself included) gets a 429, like Azure's short enforcement windows.
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0
+        #: Answers chat requests that no script matched; None from it (or no responder) means the
+        #: echo. ``python -m modelwire.testing`` and the pytest plugin put the fault table here.
+        self.responder: Callable[[RecordedRequest], Reply | None] | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -305,6 +308,8 @@ class FakeServer:
             reply = self._over_rate(req, *self.rate_limit)
         if reply is None:
             reply = self._next_reply(req) if req.route == "chat" else None
+        if reply is None and req.route == "chat" and self.responder is not None:
+            reply = self.responder(req)
         if reply is None:
             reply = self._echo(req)
         if reply.delay:
