@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +24,16 @@ from .errors import (
     UnknownProviderError,
 )
 from .log import logger
-from .middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
+from .middleware import (
+    CallNext,
+    CallNextStream,
+    Middleware,
+    MiddlewareContext,
+    aclose_stream,
+    build_chain,
+    check_options,
+    check_paths,
+)
 from .provider import CheckResult, Provider
 from .registry import Registry, build_registry
 from .stream import AsyncStream, SyncStream
@@ -52,6 +60,7 @@ class Client:
     ) -> None:
         self.config: Config = load_config(config)
         self.registry: Registry = build_registry(plugins, self.config.disable_plugins)
+        self.registry.raise_failures()
         self.hook: Any = self.registry.pm.hook
         self.providers: dict[str, Provider] = {
             name: self._make_provider(name, raw) for name, raw in self.config.providers.items()
@@ -59,16 +68,20 @@ class Client:
         self._lock = threading.Lock()
         sections = self._plugin_sections()
         context = MiddlewareContext(self.hook, self.providers, self.provider)
+        names = self._middleware_names()
+        classes = [self.registry.middleware[name] for name in names]
+        for name, cls in zip(names, classes, strict=True):  # before any middleware opens a connection
+            check_paths(name, cls, self.registry.origin[f"modelwire_register_middleware:{name}"])
         self.middleware: list[Middleware] = [
-            self.registry.middleware[name](sections.get(name), context) for name in self._middleware_names()
+            cls(sections.get(name), context) for name, cls in zip(names, classes, strict=True)
         ]
         self.hook.modelwire_configure.call_historic(kwargs={"config": self.config})
-        call: CallNext = self._attempt
-        call_stream: CallNextStream = self._attempt_stream
-        for mw in reversed(self.middleware):
-            call = functools.partial(mw.ahandle, call_next=call)
-            call_stream = functools.partial(mw.ahandle_stream, call_next=call_stream)
-        self._call, self._call_stream = call, call_stream
+        self._call: CallNext
+        self._call_stream: CallNextStream
+        self._call, self._call_stream = build_chain(
+            list(zip(names, self.middleware, strict=True)), self._attempt, self._attempt_stream
+        )
+        self.hook.modelwire_client_created(client=self)  # per-client plugin state (cost, stats)
 
     # -- building --------------------------------------------------------------------------------
 
@@ -104,6 +117,8 @@ class Client:
             if model is not None:
                 validated[name] = validate_section(model, self.config.sections.get(name, {}), name)
         for key in self.config.sections:
+            if key in self.registry.middleware and key not in validated:
+                raise ConfigurationError(f"config key '{key}': middleware {key!r} takes no configuration")
             if key not in validated:
                 known = sorted({*validated, *CORE_KEYS})
                 raise ConfigurationError(
@@ -149,9 +164,7 @@ class Client:
             )
         provider = self.provider(name)
         messages = normalize_messages(prompt)
-        if options is not None and not isinstance(options, dict):
-            kind = type(options).__name__
-            raise RequestValidationError(f"options must be a dict keyed by middleware name, got {kind}")
+        check_options(options, self.registry.middleware, provider.config)
         size = check_serializable(messages, params)
         if size > self.config.max_request_bytes:
             raise PayloadTooLargeError(

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ModelwireError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,20 +76,56 @@ def load_config(config: dict[str, Any] | str | os.PathLike[str] | None = None) -
     return result
 
 
-def validate_section(model: type[BaseModel], data: dict[str, Any], prefix: str) -> Any:
-    """Validate ``data`` with ``model``; errors name the full key (``cache.ttl``) and the problem."""
+def validate_section(
+    model: type[BaseModel],
+    data: dict[str, Any],
+    prefix: str,
+    error: type[ModelwireError] = ConfigurationError,
+    what: str = "config key",
+) -> Any:
+    """Validate ``data`` with ``model``; errors name the full key (``cache.ttl``) and the problem.
+
+    Unknown keys are refused at every depth whatever ``model_config`` the model's author wrote
+    (pydantic's default silently drops them, which turns a typo into a setting that never
+    applies). ``error`` and ``what`` let per-call options reuse this with their own error type.
+    """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, extra="forbid")
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
             if err["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(model.model_fields))
-                problems.append(f"unknown config key '{key}' (allowed here: {allowed})")
+                here = _model_at(model, err["loc"][:-1])
+                allowed = ", ".join(sorted(here.model_fields)) if here is not None else "?"
+                problems.append(f"unknown {what} '{key}' (allowed here: {allowed or 'none'})")
             else:
-                problems.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
-        raise ConfigurationError("; ".join(problems)) from None
+                problems.append(f"{what} '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise error("; ".join(problems)) from None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at ``loc`` (``limits.2`` -> the limit entry's
+    model), so an unknown key is answered with the keys allowed at its own level."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = _inner(field.annotation)
+        else:  # a list index or dict key: step into the container's item type
+            args = [a for a in get_args(current) if a is not type(None)]
+            current = _inner(args[-1]) if args else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner(annotation: Any) -> Any:
+    """``X | None`` -> X; containers are kept (their item type is taken at the next step)."""
+    while get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0] if args else None
+    return annotation
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -2,12 +2,17 @@
 
 Built-ins are listed in :data:`DEFAULT_PLUGINS` (module names) and loaded exactly like
 third-party plugins, which come from the ``modelwire`` entry-point group (set
-``MODELWIRE_DISABLE_ENTRYPOINTS=1`` to skip those). A plugin that fails to import or register is
-recorded with its name and error and logged; the others carry on.
+``MODELWIRE_DISABLE_ENTRYPOINTS=1`` to skip those). A plugin that fails to import or register,
+or that implements a hook no spec declares (a misspelt hook would otherwise never be called),
+is recorded with its name and error and logged; the others still load, so ``modelwire plugins``
+can list everything. Building a :class:`~modelwire.Client` then fails naming every broken
+plugin (:meth:`Registry.raise_failures`): running without a plugin is a choice the config makes
+explicitly, with ``disable_plugins``.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import os
@@ -20,7 +25,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import ConfigurationError, PluginError
 from .log import logger
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRYPOINT_GROUP", "Registry", "build_registry"]
@@ -32,6 +37,8 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.providers.azure",
     "modelwire.providers.openai_compatible",
     "modelwire.plugins.logging",
+    "modelwire.plugins.cost",
+    "modelwire.plugins.stats",
     "modelwire.plugins.streaming",
     "modelwire.plugins.ratelimit",
     "modelwire.plugins.retry",
@@ -39,6 +46,7 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.circuit",
     "modelwire.plugins.cache",
     "modelwire.plugins.otel",
+    "modelwire.plugins.prometheus",
 ]
 
 
@@ -59,6 +67,20 @@ class Registry:
         if not self.failures:
             return ""
         return " Plugins that failed to load: " + "; ".join(f"{n}: {e}" for n, e in self.failures.items())
+
+    def raise_failures(self) -> None:
+        """Raise :class:`PluginError` naming every plugin that failed to load or register.
+
+        A client must not run silently without a plugin someone installed or passed (a redactor,
+        an audit log): the fix is to repair it or to list it in ``disable_plugins``.
+        """
+        if self.failures:
+            names = ", ".join(repr(n) for n in self.failures)
+            raise PluginError(
+                f"{len(self.failures)} plugin(s) failed to load: "
+                + "; ".join(f"plugin {n!r}: {e}" for n, e in self.failures.items())
+                + f". Fix them, or run without them: disable_plugins = [{names}]"
+            )
 
 
 @lru_cache(maxsize=1)
@@ -85,11 +107,15 @@ def build_registry(extra: Iterable[object] = (), disable: Iterable[str] = ()) ->
         for ep in _entry_points():
             if ep.name not in blocked:
                 _register(reg, ep.name, ep.load)
+    extra_names = []
     for plugin in extra:
-        if isinstance(plugin, str):
-            _register(reg, plugin, functools.partial(importlib.import_module, plugin))
-        else:
-            _register(reg, getattr(plugin, "__name__", None) or repr(plugin), functools.partial(_same, plugin))
+        name = plugin if isinstance(plugin, str) else _name_of(reg.pm, plugin)
+        extra_names.append(name)
+        if name not in blocked:
+            load: Callable[[Any], object] = importlib.import_module if isinstance(plugin, str) else _same
+            _register(reg, name, functools.partial(load, plugin))
+    if blocked:
+        _check_disabled(blocked, [*DEFAULT_PLUGINS, *(ep.name for ep in _entry_points()), *extra_names])
     _collect(reg, "modelwire_register_providers", reg.providers)
     _collect(reg, "modelwire_register_middleware", reg.middleware)
     _collect(reg, "modelwire_register_demo_steps", reg.demo_steps)
@@ -101,14 +127,56 @@ def _same(plugin: object) -> object:
     return plugin
 
 
+def _name_of(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A readable name for a plugin object (module name, or module.Class of an instance) that
+    errors and ``modelwire plugins`` can show; made unique when two instances share a class."""
+    name = getattr(plugin, "__name__", None) or f"{type(plugin).__module__}.{type(plugin).__qualname__}"
+    other = pm.get_plugin(name)
+    return name if other is None or other is plugin else f"{name}@{id(plugin):x}"
+
+
+def _check_disabled(blocked: set[str], known: list[str]) -> None:
+    """A name in ``disable_plugins`` that matches no plugin is a typo that disables nothing."""
+    for name in sorted(blocked - set(known)):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigurationError(
+            f"config key 'disable_plugins': {name!r} matches no installed plugin ({hint}plugin names: "
+            f"{', '.join(sorted(set(known)))})"
+        )
+
+
+_SPECS = sorted(n for n in dir(hookspecs) if n.startswith("modelwire_"))
+
+
 def _register(reg: Registry, name: str, load: Callable[[], object]) -> None:
     try:
         plugin = load()
         if reg.pm.get_plugin(name) is None and not reg.pm.is_registered(plugin):
             reg.pm.register(plugin, name=name)
-    except Exception as exc:  # a broken plugin must not take the others down
+            _check_hook_names(reg.pm, plugin, name)
+    except Exception as exc:  # a broken plugin must not stop the others from loading
         reg.failures[name] = f"{type(exc).__name__}: {exc}"
-        logger.warning("plugin_failed", plugin=name, error=reg.failures[name])
+        logger.error("plugin_failed", plugin=name, error=reg.failures[name])
+
+
+def _check_hook_names(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Refuse hook implementations whose name no spec declares (what ``pm.check_pending()``
+    finds), per plugin, naming the closest spec; the plugin is unregistered whole."""
+    unknown = [
+        caller.name
+        for caller in pm.get_hookcallers(plugin) or []
+        if caller.spec is None
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    ]
+    if not unknown:
+        return
+    pm.unregister(plugin)
+    problems = []
+    for hook in unknown:
+        close = difflib.get_close_matches(hook, _SPECS, n=1, cutoff=0.5)
+        problems.append(f"{hook!r} matches no modelwire hook" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise PluginError(f"plugin {name!r}: " + "; ".join(problems))
 
 
 def _collect(reg: Registry, hook_name: str, into: dict[str, Any]) -> None:
@@ -127,4 +195,4 @@ def _collect(reg: Registry, hook_name: str, into: dict[str, Any]) -> None:
             raise
         except Exception as exc:
             reg.failures[impl.plugin_name] = f"{type(exc).__name__} in {hook_name}: {exc}"
-            logger.warning("plugin_failed", plugin=impl.plugin_name, error=reg.failures[impl.plugin_name])
+            logger.error("plugin_failed", plugin=impl.plugin_name, error=reg.failures[impl.plugin_name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,31 @@ class Completion:
     finish_reason: str | None
     model: str
     provider: str
+    def replace(self, **changes: Any) -> Request:
+        """A new Request with ``changes`` applied: the way a middleware rewrites a request.
+
+        The caller's request is left as it was: ``messages``, ``params`` and ``options`` not
+        given in ``changes`` are copied (one level deep, so build new message dicts rather than
+        editing the old ones in place). ``state`` is shared on purpose: it is the scratch space
+        of the whole logical request (log fields, ``served_by``), and middleware further out
+        must see what the inner ones wrote. ``attempt`` is kept.
+
+        >>> r = Request("local", "m", [{"role": "user", "content": "hi"}])
+        >>> masked = r.replace(messages=[{"role": "user", "content": "***"}])
+        >>> r.messages[0]["content"], masked.messages[0]["content"], masked.state is r.state
+        ('hi', '***', True)
+
+        :raises TypeError: for a name that is not a field of Request.
+        """
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"Request has no field(s) {', '.join(sorted(unknown))}")
+        changes.setdefault("messages", list(self.messages))
+        changes.setdefault("params", dict(self.params))
+        changes.setdefault("options", dict(self.options))
+        changes.setdefault("state", self.state)
+        return dataclasses.replace(self, **changes)
+
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from modelwire.errors import (
     InvalidResponseError,
@@ -43,7 +43,7 @@ from modelwire.log import logger
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
-__all__ = ["RetryConfig", "RetryMiddleware", "backoff_delay"]
+__all__ = ["RetryConfig", "RetryMiddleware", "RetryOptions", "backoff_delay"]
 
 _timeout: Any = getattr(asyncio, "timeout", None)  # Python >= 3.11: a timeout in the same task
 
@@ -68,6 +68,15 @@ class RetryConfig(BaseModel):
         if self.max_delay < self.base_delay:
             raise ValueError(f"retry.max_delay ({self.max_delay}) must be >= retry.base_delay ({self.base_delay})")
         return self
+
+
+class RetryOptions(BaseModel):
+    """Per-call ``options={"retry": {...}}``: overrides of the section's values for one request."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_attempts: StrictInt | None = Field(None, ge=1, le=100)
+    deadline: StrictFloat | None = Field(None, ge=0)
 
 
 def backoff_delay(retry: int, base: float, cap: float, jitter: str, rand: float) -> float:
@@ -104,6 +113,7 @@ class RetryMiddleware(Middleware):
     """
 
     Config = RetryConfig
+    Options = RetryOptions
 
     def __init__(self, config: RetryConfig, context: MiddlewareContext) -> None:
         super().__init__(config, context)

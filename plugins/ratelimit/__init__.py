@@ -25,7 +25,7 @@ from modelwire.hookspecs import hookimpl
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
 
-from .config import RateLimitConfig, estimate_tokens, match_rule
+from .config import RateLimitConfig, RateLimitOptions, estimate_tokens, match_rule
 from .engine import Engine, Permit
 
 __all__ = ["RateLimitConfig", "RateLimitMiddleware"]
@@ -48,6 +48,7 @@ class RateLimitMiddleware(Middleware):
         self._spec_hook = hook if hook is not None and hook.get_hookimpls() else None
         delayed = getattr(context.hook, "modelwire_limit_delayed", None)
         self._delayed_hook = delayed if delayed is not None and delayed.get_hookimpls() else None
+    Options = RateLimitOptions
         self._matches: dict[str, LimitSpec | None] = {}
 
     # -- per request ---------------------------------------------------------------------------

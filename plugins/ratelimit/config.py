@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 from pyrate_limiter import Rate
 
 from modelwire.errors import ConfigurationError
@@ -23,6 +23,7 @@ __all__ = [
     "TOKEN_UNITS",
     "LimitRule",
     "RateLimitConfig",
+    "RateLimitOptions",
     "estimate_tokens",
     "exhausted_for",
     "match_rule",
@@ -74,6 +75,15 @@ class LimitRule(BaseModel):
             if not names <= _KEY_FIELDS:
                 raise ValueError(f"key {self.key!r} may only use {{provider}}, {{model}}, {{target}}")
         return self
+
+
+class RateLimitOptions(BaseModel):
+    """Per-call ``options={"ratelimit": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Seconds this request may queue for a permit (instead of the section's ``max_wait``).
+    max_wait: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class RateLimitConfig(BaseModel):

@@ -51,8 +51,11 @@ def test_broken_entry_point_does_not_break_others(installed_example: Path) -> No
         "[modelwire]\necho = modelwire_echo\nbroken = does_not_exist_pkg\n"
     )
     registry._entry_points.cache_clear()
-    client = modelwire.Client(config={"providers": {"mirror": {"kind": "echo"}}})
-    assert "broken" in client.registry.failures
+    reg = registry.build_registry()
+    assert "broken" in reg.failures and "echo" in reg.providers  # the others still load
+    with pytest.raises(modelwire.PluginError, match=r"plugin 'broken': ModuleNotFoundError.*disable_plugins"):
+        modelwire.Client(config={"providers": {"mirror": {"kind": "echo"}}})
+    client = modelwire.Client(config={"providers": {"mirror": {"kind": "echo"}}, "disable_plugins": ["broken"]})
     assert client.complete("ok", model="mirror/x").text == "ko"
 
 

@@ -10,6 +10,7 @@ import pytest
 import modelwire
 from modelwire import Chunk, Completion, Middleware, Request, hookimpl
 from modelwire.errors import PluginError
+from modelwire.registry import build_registry
 from modelwire.testing import FakeServer, capture_events
 
 
@@ -60,6 +61,8 @@ def test_registered_is_not_enabled(make_client, server: FakeServer) -> None:
 
 def test_middleware_can_answer_without_provider(make_client, server: FakeServer) -> None:
     class Canned(Middleware):
+        applies_to = ("whole",)
+
         async def ahandle(self, request: Request, call_next: Any) -> Completion:
             return Completion("canned", "stop", request.model, request.provider, cached=True)
 
@@ -76,6 +79,8 @@ def test_sync_middleware_twin(make_client, server: FakeServer) -> None:
     """A middleware written with the blocking ``handle`` runs in a worker thread."""
 
     class Upper(Middleware):
+        applies_to = ("whole",)
+
         def handle(self, request: Request, call_next: Any) -> Completion:
             response: Completion = call_next(request)
             response.text = response.text.upper()
@@ -120,17 +125,26 @@ def test_middleware_config_section_validated(make_client) -> None:
 
 
 def test_broken_plugins_reported_by_name(make_client, server: FakeServer) -> None:
+    """A broken plugin does not stop the others from loading, and no client runs without it
+    silently: construction fails naming each one, until the config disables it."""
+
     class Broken:
         @hookimpl
         def modelwire_register_middleware(self, register: Any) -> None:
             raise RuntimeError("boom at registration")
 
-    client = make_client(plugins=[Broken(), "no_such_plugin_module_xyz"])
-    assert "no_such_plugin_module_xyz" in client.registry.failures
-    assert any("boom at registration" in e for e in client.registry.failures.values())
+    broken = Broken()
+    reg = build_registry([broken, "no_such_plugin_module_xyz"])
+    assert "no_such_plugin_module_xyz" in reg.failures
+    assert any("boom at registration" in e for e in reg.failures.values())
+    assert {"cache", "retry", "ratelimit"} <= set(reg.middleware)  # the others loaded
+    with pytest.raises(PluginError, match="no_such_plugin_module_xyz") as err:
+        make_client(plugins=[broken, "no_such_plugin_module_xyz"])
+    assert "boom at registration" in str(err.value) and "disable_plugins" in str(err.value)
+    broken_name = next(n for n in reg.failures if n.endswith("Broken"))
+    client = make_client(plugins=[broken, "no_such_plugin_module_xyz"],
+                         disable_plugins=["no_such_plugin_module_xyz", broken_name])
     assert client.complete("still works", model="local/m").text == "echo: still works"
-    with pytest.raises(modelwire.ConfigurationError, match="no_such_plugin_module_xyz"):
-        make_client(plugins=["no_such_plugin_module_xyz"], middleware=["missing"])
 
 
 def test_duplicate_provider_kind_is_an_error(make_client) -> None:
@@ -203,6 +217,8 @@ def test_prepare_hook_can_refuse_and_modify(make_client, server: FakeServer) -> 
 
 def test_raw_exception_from_a_plugin_is_wrapped(make_client, server: FakeServer) -> None:
     class Buggy(Middleware):
+        applies_to = ("whole",)
+
         async def ahandle(self, request: Request, call_next: Any) -> Completion:
             raise KeyError("oops")
 
