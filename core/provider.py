@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from . import portal
 from .errors import RequestValidationError
@@ -42,6 +42,9 @@ class ProviderConfig(BaseModel):
     max_stream_duration: float | None = Field(None, gt=0)
     #: Stop a stream whose model repeats the same delta this many times in a row; None = off.
     stream_repeat_limit: int | None = Field(None, ge=2)
+    #: Accept ``data: [DONE]`` after content as the end of a stream that sent no finish_reason.
+    #: Off by default: llama.cpp's server ends a stream it preempts exactly that way.
+    accept_done_without_finish_reason: bool = False
     params: dict[str, Any] = {}
 
 
@@ -55,6 +58,7 @@ class StreamSettings(BaseModel):
     idle_timeout: float | None = Field(30.0, gt=0)
     max_stream_duration: float | None = Field(None, gt=0)
     stream_repeat_limit: int | None = Field(None, ge=2)
+    accept_done_without_finish_reason: StrictBool = False
 
     @classmethod
     def resolve(cls, config: ProviderConfig, options: dict[str, Any] | None) -> StreamSettings:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from modelwire.errors import (
     ContentFilterError,
+    EmptyStreamError,
     StreamDurationExceededError,
     StreamIdleTimeoutError,
     StreamInterruptedError,
@@ -102,24 +103,36 @@ class _Progress:
     """What the stream has carried so far: enough to judge its end, nothing per chunk."""
 
     __slots__ = (
-        "content", "done", "filtered", "finished", "last_text", "parser", "repeat_limit", "repeats", "started"
+        "content", "done", "done_is_end", "filtered", "finished", "last_text", "parser", "repeat_limit", "repeats",
+        "started",
     )
 
-    def __init__(self, parser: EventParser, repeat_limit: int | None) -> None:
+    def __init__(self, parser: EventParser, settings: StreamSettings) -> None:
         self.parser = parser
+        # llama.cpp's server ends a stream it preempts with a bare [DONE]: [DONE] alone proves
+        # nothing unless the provider is configured as one that never sends a finish_reason.
+        self.done_is_end = settings.accept_done_without_finish_reason
         self.content = False  # a chunk with text, tool call, finish reason or usage arrived
         self.done = False  # [DONE] arrived
         self.filtered = False  # a choice ended with finish_reason content_filter
         self.started: set[int] = set()  # choices that carried content
         self.finished: set[int] = set()  # choices that carried a finish_reason
-        self.repeat_limit = repeat_limit
+        self.repeat_limit = settings.stream_repeat_limit
         self.last_text = ""
         self.repeats = 0
 
     @property
+    def empty(self) -> bool:
+        """Nothing that makes an answer arrived: no text, tool call or finish_reason."""
+        return not self.started and not self.finished
+
+    @property
     def complete(self) -> bool:
-        """[DONE] arrived, or every choice that started has a finish_reason."""
-        return self.done or (bool(self.finished) and self.started <= self.finished)
+        """Every choice that started has a finish_reason (or [DONE] arrived after content, on a
+        provider configured with ``accept_done_without_finish_reason``)."""
+        if self.finished and self.started <= self.finished:
+            return True
+        return self.done and self.done_is_end and not self.empty
 
     def check(self, chunk: Chunk) -> None:
         """Account for ``chunk``; raise for an abort or a loop."""
@@ -159,9 +172,22 @@ class _Progress:
         )
 
     def end_error(self) -> StreamInterruptedError:
-        if not self.content:
-            return self.parser.interrupted("the stream ended before any content, without [DONE]")
-        return self.parser.interrupted("the stream ended without a finish_reason or [DONE]")
+        """Why an ended stream is not a whole answer."""
+        if self.empty:
+            # Some servers answer a prompt over their context size this way (docs/streaming.md).
+            got = "only [DONE]" if self.done else "no event at all" if not self.content else "only usage"
+            return self.parser.interrupted(
+                f"the server answered 200 with an empty stream ({got}: no text, tool call or finish_reason); "
+                "a local server may do this when the prompt does not fit its context",
+                EmptyStreamError,
+            )
+        if self.done:
+            return self.parser.interrupted(
+                "the stream ended with [DONE] but no finish_reason: the server cut the answer (llama.cpp does "
+                "this when another request preempts the stream); for a server that never sends a "
+                "finish_reason, set accept_done_without_finish_reason = true on the provider"
+            )
+        return self.parser.interrupted("the stream ended without a finish_reason")
 
 
 class _Clock:
@@ -217,7 +243,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
         response = getattr(getattr(wrapper, "completion_stream", None), "response", None)
         headers: Mapping[str, str] = getattr(response, "headers", None) or {}
         parser = EventParser(provider.name, request.model, headers, request_id(headers))
-        progress = _Progress(parser, settings.stream_repeat_limit)
+        progress = _Progress(parser, settings)
         if response is None or not hasattr(response, "aiter_bytes"):
             async for chunk in _from_wrapper(wrapper, clock, progress):
                 yield chunk
@@ -272,6 +298,8 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
             if decoder.error is not None and not progress.done:
                 raise parser.protocol_error(str(decoder.error))
             if progress.done:
+                if not progress.complete:
+                    raise progress.end_error()
                 await _drain(body)
                 break
             if ended:
