@@ -198,7 +198,14 @@ class FlightTable:
     """The flights in progress, by key."""
 
     def __init__(self) -> None:
+        #: The flights a request may still join, by key.
         self.flights: dict[str, Flight] = {}
+        #: Every flight whose task has not ended, joinable or not (retired ones included).
+        self.running: set[Flight] = set()
+
+    def held_chunks(self) -> int:
+        """Chunks held in memory by running flights (bounded once a stream stops buffering)."""
+        return sum(len(f.chunks) for f in self.running)
 
     def get(self, key: str) -> Flight | None:
         flight = self.flights.get(key)
@@ -220,12 +227,14 @@ class FlightTable:
                 if not isinstance(exc, Exception):
                     raise
             finally:
+                self.running.discard(flight)
                 if self.flights.get(key) is flight:
                     del self.flights[key]
                 if not flight.done:
                     flight.finish(error=asyncio.CancelledError())
 
         self.flights[key] = flight
+        self.running.add(flight)
         flight.table = self
         flight.task = asyncio.get_running_loop().create_task(body(), name=f"modelwire-cache-flight-{key[-12:]}")
         return flight
