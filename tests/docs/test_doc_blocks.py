@@ -3,6 +3,8 @@ fresh interpreter, against a live loopback server.
 
 - ``http://127.0.0.1:8000`` in a block is replaced by the live FakeServer's address, so the docs
   can show the address ``python -m modelwire.testing --port 8000`` serves.
+- ``redis://127.0.0.1:6379`` is replaced by a throwaway redis-server's address (started only for
+  a doc that names it).
 - A fenced block right after ``<!-- file: NAME -->`` is written to ``NAME`` in the working
   directory instead of being run (a ``modelwire.toml``, an app module...).
 - A ```python block right after ``<!-- not run -->`` is shown only (say why in the text).
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from modelwire.testing import FakeServer
+from modelwire.testing import FakeServer, RedisServer
+from tests.conftest import start_redis
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -44,14 +47,28 @@ def doc_blocks(text: str) -> tuple[str, dict[str, str]]:
 def test_guide_blocks_run(guide: str, tmp_path: Path) -> None:
     script, files = doc_blocks((DOCS / guide).read_text())
     assert script, f"{guide} has no python block"
-    with FakeServer() as server:
-        base = server.url.rstrip("/")
-        for name, body in files.items():
-            (tmp_path / name).write_text(body.replace("http://127.0.0.1:8000", base))
-        (tmp_path / "doc_script.py").write_text(script.replace("http://127.0.0.1:8000", base))
-        env = {**os.environ, "OPENAI_API_KEY": "sk-doc-test", "AZURE_OPENAI_API_KEY": "sk-doc-test"}
-        env.pop("MODELWIRE_CONFIG", None)
-        done = subprocess.run(
-            [sys.executable, "doc_script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+    needs_redis = "redis://127.0.0.1:6379" in script + "".join(files.values())
+    redis: RedisServer | None = start_redis() if needs_redis else None
+    try:
+        with FakeServer() as server:
+            live = {"http://127.0.0.1:8000": server.url.rstrip("/")}
+            if redis is not None:
+                live["redis://127.0.0.1:6379"] = redis.url.rsplit("/", 1)[0]
+
+            def localize(text: str) -> str:
+                for shown, real in live.items():
+                    text = text.replace(shown, real)
+                return text
+
+            for name, body in files.items():
+                (tmp_path / name).write_text(localize(body))
+            (tmp_path / "doc_script.py").write_text(localize(script))
+            env = {**os.environ, "OPENAI_API_KEY": "sk-doc-test", "AZURE_OPENAI_API_KEY": "sk-doc-test"}
+            env.pop("MODELWIRE_CONFIG", None)
+            done = subprocess.run(
+                [sys.executable, "doc_script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+            )
+    finally:
+        if redis is not None:
+            redis.stop()
     assert done.returncode == 0, f"{guide} failed:\n{done.stdout}\n{done.stderr}"
