@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.cache",
     "modelwire.plugins.otel",
     "modelwire.plugins.prometheus",
+    "modelwire.plugins.prometheus",
 ]
 
 

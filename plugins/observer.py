@@ -71,14 +71,6 @@ class Outcome:
     def ok(self) -> bool:
         return self.error is None and self.end_reason != "cancelled_by_consumer"
 
-    @property
-    def cost(self) -> float | None:
-        """USD of this request when known (``Completion.cost``, once it exists); a hit costs 0."""
-        value = getattr(self.response, "cost", None) if self.response is not None else None
-        if value is None:
-            value = self.request.state.get("cost")
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
 
 class ObservingMiddleware(Middleware):
     """Base of middleware that watch each logical request from its start to its end."""

@@ -144,9 +144,6 @@ def response_attributes(outcome: Outcome) -> dict[str, Any]:
         reasoning = getattr(usage, "reasoning_tokens", None)
         if isinstance(reasoning, int):
             attrs["gen_ai.usage.reasoning.output_tokens"] = reasoning
-    cost = outcome.cost
-    if cost is not None:
-        attrs["modelwire.cost.usd"] = cost
     if outcome.error is not None:
         attrs[ERROR_TYPE] = error_type(outcome.error)
         status = getattr(outcome.error, "status", None)
