@@ -47,7 +47,6 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.cache",
     "modelwire.plugins.otel",
     "modelwire.plugins.prometheus",
-    "modelwire.plugins.prometheus",
 ]
 
 
