@@ -42,6 +42,10 @@ class Config(BaseModel):
     disable_plugins: list[str] = Field(default_factory=list)
     #: Requests whose JSON payload is larger are refused before any network call.
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    #: ``[prices."provider/model"]`` tables, validated by the ``cost`` plugin (docs/observability.md).
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: ``[stats]``, validated by the ``stats`` plugin (docs/observability.md).
+    stats: dict[str, Any] = Field(default_factory=dict)
     sections: dict[str, Any] = Field(default_factory=dict)
     source: str = "defaults"
 

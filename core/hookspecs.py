@@ -229,3 +229,46 @@ def modelwire_retry_scheduled(request: Request, error: BaseException, attempt: i
 
     Contract: observer (count or log retries); an exception here is logged and ignored.
     """
+
+
+# -- observability ------------------------------------------------------------------------------
+
+
+@hookspec
+def modelwire_client_created(client: Any) -> None:
+    """A :class:`~modelwire.Client` finished building; keep per-client state here.
+
+    :param client: the new client. A plugin that needs state of its own per client (prices,
+        counters) registers a plugin object for this client only:
+        ``client.registry.pm.register(obj, name=...)``; its hooks then see this client's requests.
+
+    Contract: setup, no I/O beyond starting a background thread. An exception fails building the
+    client (use it for a :class:`~modelwire.ConfigurationError` naming a bad config key).
+    """
+
+
+@hookspec(firstresult=True)
+def modelwire_stats_snapshot() -> dict[str, Any] | None:
+    """Return the in-process metrics that ``client.stats()`` shows, or None to defer.
+
+    Contract: firstresult; the built-in ``stats`` plugin answers (docs/observability.md has the
+    shape). Cheap: it is called on demand, never per request.
+    """
+
+
+@hookspec
+def modelwire_fallback_taken(request: Request, error: BaseException, target: str) -> None:
+    """Observe the ``fallback`` middleware sending ``request`` on to ``target`` (``provider/model``)
+    after ``error`` ended the previous target's attempts. Observer, no I/O."""
+
+
+@hookspec
+def modelwire_circuit_opened(provider: str, error: BaseException) -> None:
+    """Observe the circuit of provider instance ``provider`` opening (closed or half-open to open)
+    after ``error``. Observer, no I/O."""
+
+
+@hookspec
+def modelwire_limit_rejected(request: Request, error: BaseException) -> None:
+    """Observe the ``ratelimit`` middleware refusing ``request`` with
+    :class:`~modelwire.RateLimitExceeded` (no permit within its wait limit). Observer, no I/O."""

@@ -11,19 +11,58 @@ __all__ = ["Chunk", "Completion", "LimitSpec", "Request", "ToolCallDelta", "Usag
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts as the provider reported them."""
+    """Token counts as the provider reported them.
+
+    ``cached_prompt_tokens`` (part of ``prompt_tokens`` served from the provider's prompt cache,
+    OpenAI's ``prompt_tokens_details.cached_tokens``) and ``reasoning_tokens`` (part of
+    ``completion_tokens``, ``completion_tokens_details.reasoning_tokens``) are None when the
+    provider did not say, never a guessed 0.
+
+    >>> Usage.from_dict({"prompt_tokens": 9, "completion_tokens": 2,
+    ...                  "prompt_tokens_details": {"cached_tokens": 4}}).cached_prompt_tokens
+    4
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_prompt_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Usage | None:
+        """Read OpenAI's ``usage`` object (as :meth:`to_dict` writes it); None for a non-dict."""
         if not isinstance(data, dict):
             return None
         prompt = int(data.get("prompt_tokens") or 0)
         completion = int(data.get("completion_tokens") or 0)
-        return cls(prompt, completion, int(data.get("total_tokens") or prompt + completion))
+        return cls(
+            prompt,
+            completion,
+            int(data.get("total_tokens") or prompt + completion),
+            _detail(data, "prompt_tokens_details", "cached_tokens"),
+            _detail(data, "completion_tokens_details", "reasoning_tokens"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's ``usage`` shape; the details objects only for the counts that are known."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_prompt_tokens is not None:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_prompt_tokens}
+        if self.reasoning_tokens is not None:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+
+def _detail(data: dict[str, Any], section: str, key: str) -> int | None:
+    """``data[section][key]`` as an int, None when the provider did not send it."""
+    details = data.get(section)
+    value = details.get(key) if isinstance(details, dict) else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)
@@ -58,6 +97,31 @@ class Request:
         """The per-call option ``key`` for ``middleware``, or ``default``."""
         values = self.options.get(middleware)
         return values.get(key, default) if values else default
+
+    def replace(self, **changes: Any) -> Request:
+        """A new Request with ``changes`` applied: the way a middleware rewrites a request.
+
+        The caller's request is left as it was: ``messages``, ``params`` and ``options`` not
+        given in ``changes`` are copied (one level deep, so build new message dicts rather than
+        editing the old ones in place). ``state`` is shared on purpose: it is the scratch space
+        of the whole logical request (log fields, ``served_by``), and middleware further out
+        must see what the inner ones wrote. ``attempt`` is kept.
+
+        >>> r = Request("local", "m", [{"role": "user", "content": "hi"}])
+        >>> masked = r.replace(messages=[{"role": "user", "content": "***"}])
+        >>> r.messages[0]["content"], masked.messages[0]["content"], masked.state is r.state
+        ('hi', '***', True)
+
+        :raises TypeError: for a name that is not a field of Request.
+        """
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"Request has no field(s) {', '.join(sorted(unknown))}")
+        changes.setdefault("messages", list(self.messages))
+        changes.setdefault("params", dict(self.params))
+        changes.setdefault("options", dict(self.options))
+        changes.setdefault("state", self.state)
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(slots=True)
@@ -98,37 +162,16 @@ class Completion:
     finish_reason: str | None
     model: str
     provider: str
-    def replace(self, **changes: Any) -> Request:
-        """A new Request with ``changes`` applied: the way a middleware rewrites a request.
-
-        The caller's request is left as it was: ``messages``, ``params`` and ``options`` not
-        given in ``changes`` are copied (one level deep, so build new message dicts rather than
-        editing the old ones in place). ``state`` is shared on purpose: it is the scratch space
-        of the whole logical request (log fields, ``served_by``), and middleware further out
-        must see what the inner ones wrote. ``attempt`` is kept.
-
-        >>> r = Request("local", "m", [{"role": "user", "content": "hi"}])
-        >>> masked = r.replace(messages=[{"role": "user", "content": "***"}])
-        >>> r.messages[0]["content"], masked.messages[0]["content"], masked.state is r.state
-        ('hi', '***', True)
-
-        :raises TypeError: for a name that is not a field of Request.
-        """
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"Request has no field(s) {', '.join(sorted(unknown))}")
-        changes.setdefault("messages", list(self.messages))
-        changes.setdefault("params", dict(self.params))
-        changes.setdefault("options", dict(self.options))
-        changes.setdefault("state", self.state)
-        return dataclasses.replace(self, **changes)
-
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False
     #: What the provider returned: litellm's ModelResponse for the built-ins, its JSON form (a
     #: dict) on cache hits, None for streams.
     raw: Any = None
+    #: USD, set by the ``cost`` plugin when the response is received: None when the price is
+    #: unknown, 0.0 for a cache hit (what the hit saved goes to ``client.stats()`` and the log
+    #: event as ``saved_cost``). See docs/observability.md.
+    cost: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,7 +174,14 @@ class CircuitMiddleware(Middleware):
 
     def _record(self, breaker: Breaker, error: BaseException) -> None:
         if isinstance(error, _FAILURES) or (self.config.count_rate_limits and isinstance(error, RateLimitError)):
+            opens = breaker.opens
             breaker.failure(self.clock(), error)
+            if breaker.opens != opens:
+                provider = next(name for name, b in self.breakers.items() if b is breaker)
+                try:
+                    self.context.hook.modelwire_circuit_opened(provider=provider, error=error)
+                except Exception:  # an observer must not fail the request
+                    pass
         elif isinstance(error, ProviderError) and not isinstance(error, (RateLimitError, CircuitOpenError)):
             breaker.success(self.clock())  # the provider answered; the request itself was the problem
         else:

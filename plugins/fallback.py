@@ -170,6 +170,10 @@ class FallbackMiddleware(Middleware):
                 state.tried.append((target, exc))
                 continue
             self.stats["fallbacks"] += 1
+            try:
+                self.context.hook.modelwire_fallback_taken(request=request, error=error, target=target)
+            except Exception:  # an observer must not change which target answers
+                pass
             log = request.state.setdefault("log", {})
             log.pop("retry_delay", None)  # belongs to the previous target's attempts
             log["fallback_from"] = request.target

@@ -36,6 +36,8 @@ def modelwire_response_received(request: Request, response: Completion, latency:
         finish_reason=response.finish_reason,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
+        cached_prompt_tokens=usage.cached_prompt_tokens if usage else None,
+        reasoning_tokens=usage.reasoning_tokens if usage else None,
         **request.state.get("log", {}),
     )
 

@@ -120,7 +120,7 @@ class LiteLLMProvider(Provider):
             finish_reason=choices[0].finish_reason,
             model=request.model,
             provider=self.name,
-            usage=Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) if usage else None,
+            usage=_usage(usage) if usage else None,
             tool_calls=tool_calls,
             raw=response,
         )
@@ -213,3 +213,18 @@ def check_models(name: str, url: str, headers: dict[str, str], query: dict[str, 
         return CheckResult(name, False, f"{url} answered 200 but not with a JSON model list")
     shown = ", ".join(models[:5]) + (" ..." if len(models) > 5 else "")
     return CheckResult(name, True, f"ok: {len(models)} models available ({shown})", models)
+def _usage(usage: Any) -> Usage:
+    """litellm's Usage object, with the cached and reasoning details when the provider sent them."""
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    cached = getattr(prompt_details, "cached_tokens", None)
+    reasoning = getattr(completion_details, "reasoning_tokens", None)
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        int(cached) if cached is not None else None,
+        int(reasoning) if reasoning is not None else None,
+    )
+
+

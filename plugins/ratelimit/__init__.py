@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from modelwire.errors import RequestValidationError
+from modelwire.errors import RateLimitExceeded, RequestValidationError
 from modelwire.hookspecs import hookimpl
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
@@ -87,7 +87,14 @@ class RateLimitMiddleware(Middleware):
             tokens = spec.tokens if spec.tokens is not None else estimate_tokens(request, self.config)
             completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
             prompt = max(0, tokens - int(completion or self.config.default_max_tokens))
-        permit = await self.engine.acquire(request, plan, tokens, prompt, self._max_wait(request))
+        try:
+            permit = await self.engine.acquire(request, plan, tokens, prompt, self._max_wait(request))
+        except RateLimitExceeded as exc:
+            try:
+                self.context.hook.modelwire_limit_rejected(request=request, error=exc)
+            except Exception:  # an observer must not change the error the caller gets
+                pass
+            raise
         request.state.setdefault("log", {})["limiter_wait_ms"] = round(permit.waited * 1000, 2)
         if permit.waited >= 0.001 and self._delayed_hook is not None:
             try:
