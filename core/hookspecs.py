@@ -53,7 +53,10 @@ def modelwire_register_middleware(register: Callable[[str, type[Middleware]], No
 
     Contract: registering is not enabling. A middleware runs only when its name is in the
     config's ``middleware`` list, at that position (first = outermost). Its config section is
-    the top-level key of the same name, validated with ``MiddlewareClass.Config``.
+    the top-level key of the same name, validated with ``MiddlewareClass.Config``; its per-call
+    options with ``MiddlewareClass.Options``. It must act on both paths (``on_request``, or
+    ``ahandle``/``handle`` and ``ahandle_stream``) or declare ``applies_to``; otherwise building
+    the client fails naming it.
     """
 
 
