@@ -20,8 +20,12 @@ from modelwire.testing import FakeServer, Reply  # noqa: E402
 GPT = {"provider": "openai", "model": "gpt-4o"}
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion}
+    if cached is not None:
+        body["prompt_tokens_details"] = {"cached_tokens": cached}
+    return body
 
 
 class Samples:
@@ -51,7 +55,7 @@ async def test_scripted_mix(prom_client: Any, registry: CollectorRegistry, serve
     client = prom_client(("cache", "retry"), cache={"backend": "memory"},
                          retry={"base_delay": 0.01, "max_delay": 0.02, "max_attempts": 3})
     samples = Samples(registry)
-    server.script(Reply.completion("one", usage=usage(12, 3)))
+    server.script(Reply.completion("one", usage=usage(12, 3, cached=4)))
     assert not (await client.acomplete("first", model="openai/gpt-4o")).cached  # ok, miss
     assert (await client.acomplete("first", model="openai/gpt-4o")).cached  # cache hit
     server.script(Reply.error(500), Reply.completion("two", usage=usage(20, 4)))
@@ -80,6 +84,7 @@ async def test_scripted_mix(prom_client: Any, registry: CollectorRegistry, serve
     assert samples("cache_misses_total", **GPT) == 5
     assert samples("tokens_total", **GPT, type="input") == 12 + 20 + 7  # the hit consumed none
     assert samples("tokens_total", **GPT, type="output") == 3 + 4 + 2
+    assert samples("tokens_total", **GPT, type="cache_read") == 4
     assert samples("time_to_first_chunk_seconds_count", **GPT) == 2  # both streams sent a chunk
 
 
