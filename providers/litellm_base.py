@@ -8,8 +8,10 @@ upstream calls is exactly what the retry policy says. No litellm global setting 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -19,23 +21,112 @@ from modelwire.errors import (
     remember_secret,
 )
 from modelwire.log import logger
-from modelwire.provider import CheckResult, Provider, StreamSettings
+from modelwire.provider import CheckResult, Provider, ProviderConfig, StreamSettings
 from modelwire.types import Chunk, Completion, Request, Usage
 
 from .errors import map_exception
+from .transport import ATTEMPT_HEADER, Transports
 
-__all__ = ["LiteLLMProvider", "litellm"]
+__all__ = ["LiteLLMProvider", "alitellm", "litellm", "warm_imports"]
 
 _NO_KEY = "sk-no-key-required"
 
 
+_warm = threading.Event()
+_warm_lock = threading.Lock()
+
+# Imported by a first real call after ``import litellm`` (measured on litellm 1.110 / openai SDK
+# against the loopback server): the route's request building, the SDK's chat resources, response
+# and stream parsing. Importing them during warm-up keeps a first call free of imports.
+_FIRST_CALL_MODULES = (
+    "openai.resources.chat.completions",
+    "openai.lib.streaming.chat",
+    "jiter",
+    "anyio._backends._asyncio",
+    "litellm.llms.azure.chat.gpt_transformation",
+    "litellm.litellm_core_utils.default_encoding",
+    "litellm.types.litellm_core_utils.streaming_chunk_builder_utils",
+    "litellm.litellm_core_utils.streaming_chunk_builder_utils",
+    "litellm._service_logger",
+    "litellm.proxy.spend_tracking.savings",
+    "modelwire.providers.litellm_stream",
+)
+
+
+#: litellm's loggers, which carry their own stderr handler (level DEBUG) and also propagate.
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def _quiet(module: Any) -> None:
+    """Keep litellm's own output inside, so a host sees only modelwire's events.
+
+    - ``litellm.suppress_debug_info = True``: without it every failed call prints a "Give
+      Feedback / Get Help" banner and a "LiteLLM.Info: If you need to debug..." line on stdout.
+      This is the one litellm global modelwire sets (DESIGN: "no litellm global changed" has this
+      documented exception); it only silences those prints.
+    - litellm's loggers get a level only when nobody chose one: no ``LITELLM_LOG`` in the
+      environment and the level still unset. Their handler prints DEBUG and up on stderr and the
+      records also propagate, so a host at INFO saw "LiteLLM completion() model=..." twice per
+      call; with ``CRITICAL`` they stay silent. Handlers and propagation are left as they are.
+
+    To see litellm's own output: set ``LITELLM_LOG=DEBUG`` (or INFO) before the first call, or
+    after it ``logging.getLogger("LiteLLM").setLevel(logging.DEBUG)``, and
+    ``litellm.suppress_debug_info = False`` for its banner.
+    """
+    import logging
+
+    module.suppress_debug_info = True
+    if "LITELLM_LOG" in os.environ:
+        return
+    for name in _LITELLM_LOGGERS:
+        logger_ = logging.getLogger(name)
+        if logger_.level == logging.NOTSET:
+            logger_.setLevel(logging.CRITICAL)
+
+
 def litellm() -> Any:
-    """The litellm module, imported on first use without a network fetch of its cost map."""
+    """The litellm module, imported on first use without a network fetch of its cost map.
+
+    Blocking (seconds): on an event loop use :func:`alitellm`.
+    """
     module = sys.modules.get("litellm")
-    if module is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm as module
+    if module is None or not _warm.is_set():
+        warm_imports()
+        module = sys.modules["litellm"]
     return module
+
+
+async def alitellm() -> Any:
+    """:func:`litellm` without blocking the running loop: a cold import runs in a worker thread."""
+    if not _warm.is_set():
+        await asyncio.to_thread(warm_imports)
+    return sys.modules["litellm"]
+
+
+def warm_imports() -> None:
+    """Import litellm and everything a first call needs; idempotent, thread-safe."""
+    if _warm.is_set():
+        return
+    with _warm_lock:
+        if _warm.is_set():
+            return
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import importlib
+
+        import litellm as module
+
+        _quiet(module)
+        for name in _FIRST_CALL_MODULES:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # another litellm version: the first call imports what it needs
+                pass
+        # litellm imports its callback and proxy types lazily inside the first completion call;
+        # a mock response walks that path without any network.
+        module.completion(
+            model="openai/warmup", messages=[{"role": "user", "content": "-"}], mock_response="-", api_key="-"
+        )
+        _warm.set()
 
 
 class LiteLLMProvider(Provider):
@@ -48,6 +139,13 @@ class LiteLLMProvider(Provider):
     prefix: ClassVar[str] = "openai"
     default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
     key_required: ClassVar[bool] = True
+    #: calls ``request.state["on_send"]`` as the request is sent (see :meth:`call_args`)
+    reports_send: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        self._transports = Transports()
+        self._attempts: dict[int, str] = {}  # id(request) -> token of its current stream attempt
 
     @property
     def key_env(self) -> str | None:
@@ -83,21 +181,57 @@ class LiteLLMProvider(Provider):
             num_retries=0,
             max_retries=0,
         )
+        on_send = request.state.get("on_send")
+        if callable(on_send):
+            # litellm calls logger_fn (per call, no global) just before the HTTP request: the
+            # ratelimit middleware counts the permit from then (docs/ratelimit.md).
+            args["logger_fn"] = lambda _details: on_send()
         if self.config.api_base:
             args["api_base"] = self.config.api_base
         if self.config.api_version:
             args["api_version"] = self.config.api_version
+        self._own_transport(request, args)
         return args
 
+    def _own_transport(self, request: Request, args: dict[str, Any]) -> None:
+        """Send through this loop's SDK client (modelwire's pool, see :mod:`.transport`)."""
+        if self.prefix not in ("openai", "azure"):
+            return  # another litellm route: litellm's own transport
+        owner = self._transports.current()
+        params: dict[str, Any] = {"timeout": self.config.timeout}
+        if self.prefix == "azure":
+            params.update(azure_endpoint=self.config.api_base, api_version=self.config.api_version)
+        else:
+            params["base_url"] = self.config.api_base
+        args["client"] = owner.sdk_client(self.prefix, args["api_key"], **params)
+        if request.stream:
+            token = self._transports.new_token()
+            self._attempts[id(request)] = token
+            args["extra_headers"] = {**(args.get("extra_headers") or {}), ATTEMPT_HEADER: token}
+
+    async def awarmup(self) -> None:
+        """Import litellm and what a first call needs, in a worker thread (the loop keeps running)."""
+        await alitellm()
+        self._transports.current()
+
+    def warmup(self) -> None:
+        warm_imports()
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP client (other loops' close when their loop ends)."""
+        await self._transports.aclose()
+
     async def acomplete(self, request: Request) -> Completion:
+        module = await alitellm()  # a cold import never runs on the event loop thread
         args = self.call_args(request)
         try:
-            response = await litellm().acompletion(**args)
+            response = await module.acompletion(**args)
         except Exception as exc:
             error = map_exception(exc, provider=self.name, model=request.model)
             error.attempts = request.attempt  # the retry middleware, when enabled, keeps it current
-            raise error from None
-        return self._completion(response, request)
+        else:
+            return self._completion(response, request)
+        raise error  # outside the handler: litellm's exception (it can hold the key) stays unreachable
 
     def _completion(self, response: Any, request: Request) -> Completion:
         choices = getattr(response, "choices", None)
@@ -125,11 +259,32 @@ class LiteLLMProvider(Provider):
             raw=response,
         )
 
-    def astream(self, request: Request) -> AsyncIterator[Chunk]:
-        """Stream through litellm; faults, timeouts and cleanup: :mod:`modelwire.providers.litellm_stream`."""
+    async def astream(self, request: Request) -> AsyncIterator[Chunk]:
+        """Stream through litellm; faults, timeouts and cleanup: :mod:`modelwire.providers.litellm_stream`.
+
+        A stream that does not end normally (error, timeout, consumer stopped early) takes its
+        connection with it: even a body that ended cleanly on the wire may sit on a socket the
+        server is closing, and the next request must not be sent there.
+        """
+        await alitellm()
         from .litellm_stream import stream_chunks
 
-        return stream_chunks(self, request)
+        upstream = stream_chunks(self, request)
+        ended = False
+        try:
+            async for chunk in upstream:
+                yield chunk
+            ended = True
+        finally:
+            try:
+                await upstream.aclose()  # type: ignore[attr-defined]
+            finally:
+                token = self._attempts.pop(id(request), None)
+                if token is not None:
+                    if ended:
+                        self._transports.forget(token)
+                    else:
+                        await self._transports.discard(token)
 
     def check(self) -> CheckResult:
         try:
@@ -146,6 +301,21 @@ class LiteLLMProvider(Provider):
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key()}"}
+
+
+def _usage(usage: Any) -> Usage:
+    """litellm's Usage object, with the cached and reasoning details when the provider sent them."""
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    cached = getattr(prompt_details, "cached_tokens", None)
+    reasoning = getattr(completion_details, "reasoning_tokens", None)
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        int(cached) if cached is not None else None,
+        int(reasoning) if reasoning is not None else None,
+    )
 
 
 def _excerpt(response: Any) -> str:
@@ -213,18 +383,3 @@ def check_models(name: str, url: str, headers: dict[str, str], query: dict[str, 
         return CheckResult(name, False, f"{url} answered 200 but not with a JSON model list")
     shown = ", ".join(models[:5]) + (" ..." if len(models) > 5 else "")
     return CheckResult(name, True, f"ok: {len(models)} models available ({shown})", models)
-def _usage(usage: Any) -> Usage:
-    """litellm's Usage object, with the cached and reasoning details when the provider sent them."""
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
-    cached = getattr(prompt_details, "cached_tokens", None)
-    reasoning = getattr(completion_details, "reasoning_tokens", None)
-    return Usage(
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.total_tokens,
-        int(cached) if cached is not None else None,
-        int(reasoning) if reasoning is not None else None,
-    )
-
-

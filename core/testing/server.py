@@ -52,6 +52,9 @@ class Reply:
     :param content_length: a Content-Length to announce instead of the real one (a short body).
     :param drip: for a whole (non-stream) body: send it one byte at a time, this many seconds
         apart (a trickle that no per-read timeout ever catches).
+    :param close_after: after a response that ended properly, wait this many seconds, then close
+        the socket without reading anything more and without having announced it (no
+        ``Connection: close``): a request the client sent on that pooled connection meanwhile is lost.
     """
 
     status: int = 200
@@ -63,6 +66,7 @@ class Reply:
     ending: Ending = "done"
     content_length: int | None = None
     drip: float = 0.0
+    close_after: float | None = None
 
     @classmethod
     def completion(
@@ -414,7 +418,9 @@ class FakeServer:
         if reply.ending in ("done", "eof"):
             writer.write(b"0\r\n\r\n")
             await writer.drain()
-            return True
+            if reply.close_after is None:
+                return True
+            await asyncio.sleep(reply.close_after)
         if reply.ending == "abort":
             writer.transport.abort()
         elif reply.ending == "stall":

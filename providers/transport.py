@@ -1,0 +1,172 @@
+"""The HTTP connections modelwire makes litellm use: owned per event loop, closed, kept healthy.
+
+What litellm 1.110 does on its own (read in ``litellm/llms/openai/openai.py``,
+``litellm/llms/openai/common_utils.py`` and ``litellm/main.py``): the ``openai`` route (which
+our ``openai`` and ``openai_compatible`` kinds use) and the ``azure`` route build an
+``AsyncOpenAI`` / ``AsyncAzureOpenAI`` SDK client over an ``httpx.AsyncClient`` whose transport
+is litellm's aiohttp transport, and cache that SDK client process-wide in
+``litellm.in_memory_llm_clients_cache``. ``acompletion(shared_session=...)`` only changes the
+aiohttp session of a *newly built* client on the openai route; the cache key ignores it, so a
+later loop gets the client of the first one; the azure route ignores it altogether. Nothing is
+closed when an event loop ends, which is why every ``asyncio.run`` round leaked sockets.
+
+So modelwire builds the SDK client itself, per event loop and provider instance, over an
+``httpx.AsyncClient`` it owns, and passes it as ``client=``: litellm neither caches nor owns it.
+The httpx client is closed by ``Client.aclose()`` or when the loop's work is done: a parked async
+generator per loop is finalized by ``loop.shutdown_asyncgens()``, which ``asyncio.run`` (and the
+portal at exit) call before closing the loop.
+
+Connection health (issue 9 item 5): httpcore drops an idle pooled connection whose socket has
+become readable (the server closed it) before reusing it. A stream that did not end normally is
+discarded (:meth:`LoopTransport.discard`), so its connection never goes back to the pool even
+when its body ended cleanly on the wire. A request that failed while connecting, or while being
+written (so the server cannot have received a whole request), is resent once on another
+connection; that resend is transparent and is not counted as a retry attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+__all__ = ["ATTEMPT_HEADER", "LoopTransport", "Transports"]
+
+#: Carries an attempt's token from the provider to the transport, which removes it before sending.
+ATTEMPT_HEADER = "x-modelwire-attempt"
+_tokens = itertools.count(1)
+
+# Sent before any byte could make a whole request at the server: safe to send again once.
+_NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
+
+
+class _GuardedTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport, plus one resend of undelivered requests and per-attempt discard."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._open: dict[str, httpx.AsyncByteStream] = {}
+        self.resends = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        token = request.headers.pop(ATTEMPT_HEADER, None)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except _NOT_DELIVERED:
+            self.resends += 1
+            response = await self._inner.handle_async_request(request)
+        if token is not None and isinstance(response.stream, httpx.AsyncByteStream):
+            self._open[token] = response.stream
+        return response
+
+    def forget(self, token: str) -> None:
+        self._open.pop(token, None)
+
+    async def discard(self, token: str) -> None:
+        """Close the response of attempt ``token`` and its connection, even if its body ended."""
+        stream = self._open.pop(token, None)
+        if stream is None:
+            return
+        pool_stream = getattr(stream, "_httpcore_stream", None)
+        connection = getattr(getattr(pool_stream, "_pool_request", None), "connection", None)
+        await stream.aclose()
+        if connection is not None:
+            # Closed after the release: httpcore marks it closed before its first await, so a
+            # request the pool handed it to meanwhile gets ConnectionNotAvailable and moves on.
+            await connection.aclose()
+
+    async def aclose(self) -> None:
+        self._open.clear()
+        await self._inner.aclose()
+
+
+class LoopTransport:
+    """One event loop's HTTP client and the SDK clients built over it."""
+
+    def __init__(self) -> None:
+        self.transport = _GuardedTransport()
+        self.http = httpx.AsyncClient(transport=self.transport, timeout=None, follow_redirects=True)
+        self.sdk_clients: dict[str, Any] = {}
+        self.closed = False
+        self._finalizer: AsyncIterator[None] | None = None
+
+    def start(self) -> None:
+        """Park a generator that ``loop.shutdown_asyncgens()`` finalizes (closing this client).
+
+        Its first step only reaches the ``yield`` (nothing to await), so it is driven here by hand;
+        starting it registers it with the running loop's async-generator hooks.
+        """
+        self._finalizer = _close_at_loop_end(self)
+        step = self._finalizer.__anext__()
+        try:
+            step.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            pass
+
+    def sdk_client(self, kind: str, key: str, **params: Any) -> Any:
+        """The cached ``AsyncOpenAI`` (``kind="openai"``) or ``AsyncAzureOpenAI`` client."""
+        cache_key = hashlib.sha256(f"{kind}\0{key}\0{sorted(params.items())}".encode()).hexdigest()
+        client = self.sdk_clients.get(cache_key)
+        if client is None:
+            import openai
+
+            # The SDK is typed against its httpx fork (httpx2) but duck-types the client, as it
+            # does for the httpx.AsyncClient litellm itself passes.
+            cls: Any = openai.AsyncAzureOpenAI if kind == "azure" else openai.AsyncOpenAI
+            client = cls(api_key=key, http_client=self.http, max_retries=0, **params)
+            self.sdk_clients[cache_key] = client
+        return client
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.sdk_clients.clear()
+        await self.http.aclose()
+
+
+async def _close_at_loop_end(owner: LoopTransport) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await owner.aclose()
+
+
+class Transports:
+    """The :class:`LoopTransport` of each event loop, for one provider instance."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTransport] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def current(self) -> LoopTransport:
+        """The running loop's transport, created on first use (call from a coroutine)."""
+        loop = asyncio.get_running_loop()
+        owner = self._by_loop.get(loop)
+        if owner is None or owner.closed:
+            owner = LoopTransport()
+            self._by_loop[loop] = owner
+            owner.start()
+        return owner
+
+    def discard(self, token: str) -> Any:
+        """Coroutine closing the connection of stream attempt ``token`` (see :meth:`current`)."""
+        return self.current().transport.discard(token)
+
+    def forget(self, token: str) -> None:
+        self.current().transport.forget(token)
+
+    @staticmethod
+    def new_token() -> str:
+        return f"a{next(_tokens)}"
+
+    async def aclose(self) -> None:
+        """Close this loop's client; other loops' clients close when their loop ends."""
+        loop = asyncio.get_running_loop()
+        owner = self._by_loop.pop(loop, None)
+        if owner is not None:
+            await owner.aclose()
