@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,25 +61,27 @@ async def test_x03_hundred_streams_one_upstream_follower_cancel_does_not_hurt(
 ) -> None:
     client = make_client(middleware=["cache"])
     words = [f" w{i}" for i in range(10)]
-    server.script(Reply.stream(words, event_delay=0.03))
+    server.script(Reply.stream(words, event_delay=0.1))  # about 1 s: the cancel lands mid-stream
     started = asyncio.Event()
+    reading = asyncio.Event()
 
-    async def reader(cancel_after: int | None) -> str:
+    async def reader(cancel_after: int | None, signal: asyncio.Event = started) -> str:
         pieces = []
         async for c in client.astream("same", model=MODEL):
             pieces.append(c.text)
-            started.set()
+            signal.set()
             if cancel_after is not None and len(pieces) >= cancel_after:
                 raise asyncio.CancelledError
         return "".join(pieces)
 
     leader = asyncio.create_task(reader(None))
     await started.wait()  # the leader is streaming: everyone after joins its flight
-    followers = [asyncio.create_task(reader(None)) for _ in range(97)]
+    cancelled = asyncio.create_task(reader(None, reading))
     quitter = asyncio.create_task(reader(2))
-    cancelled = asyncio.create_task(reader(None))
-    await asyncio.sleep(0.05)
+    await reading.wait()  # it reads the shared stream (a few steps into its ~1 s): cancel it there
+    assert not cancelled.done()
     cancelled.cancel()
+    followers = [asyncio.create_task(reader(None)) for _ in range(97)]
     done = await asyncio.gather(leader, *followers, return_exceptions=True)
     assert set(done) == {"".join(words)}
     for task in (quitter, cancelled):
@@ -152,35 +155,34 @@ async def test_x06_followers_give_up_at_their_own_deadline(make_client: MakeClie
     assert not cache_of(client).flights.flights
 
 
-async def loop_lag_during(work: asyncio.Future[object] | asyncio.Task[object]) -> float:
-    """The worst lateness of a 10 ms ticker while ``work`` runs."""
-    worst = 0.0
-    while not work.done():
-        start = time.perf_counter()
-        await asyncio.sleep(0.01)
-        worst = max(worst, time.perf_counter() - start - 0.01)
-    return worst
-
-
 @pytest.mark.parametrize("backend", ["file", "redis"])
-async def test_c16_sync_backends_do_not_block_the_loop(make_client: MakeClient, server: FakeServer, tmp_path: Path,
-                                                       backend: str, redis_server: RedisServer) -> None:
+async def test_c16_sync_backends_run_off_the_event_loop(make_client: MakeClient, server: FakeServer, tmp_path: Path,
+                                                      backend: str, redis_server: RedisServer) -> None:
+    """Blocking backend calls never run on the loop's thread (asserted by thread, whatever the load;
+    the loop-lag figure is in bench/bench_cache.py)."""
     from .test_redis import DelayProxy
 
     proxy = DelayProxy(redis_server.port)
     section = {"backend": "file", "path": str(tmp_path / "c")} if backend == "file" else \
         {"backend": "redis", "url": proxy.url, "key_prefix": f"c16:{time.time_ns()}:", "timeout": 5.0}
     client = make_client(middleware=["cache"], cache=section)
+    backend_obj = cache_of(client).store.backend
+    threads: list[int] = []
+
+    def on_thread(method: Callable[..., object]) -> Callable[..., object]:
+        def record(*args: object) -> object:  # the real backend call, on whatever thread runs it
+            threads.append(threading.get_ident())
+            return method(*args)
+
+        return record
+
+    for name in ("get", "set"):
+        setattr(backend_obj, name, on_thread(getattr(backend_obj, name)))
     await asyncio.gather(*[client.acomplete(f"q{i}", model=MODEL) for i in range(20)])
     calls = server.calls()
     proxy.delay = 0.05  # every Redis reply takes 50 ms: 100 of them inline would stall the loop for 5 s
-
-    async def many() -> object:
-        return await asyncio.gather(*[client.acomplete(f"q{i % 20}", model=MODEL) for i in range(100)])
-
-    task = asyncio.ensure_future(many())
-    lag = await loop_lag_during(task)
-    results = await task
-    assert all(r.cached for r in results) and server.calls() == calls  # type: ignore[attr-defined]
+    results = await asyncio.gather(*[client.acomplete(f"q{i % 20}", model=MODEL) for i in range(100)])
     proxy.close()
-    assert lag < 0.5, f"event loop stalled {lag * 1000:.0f} ms"
+    assert all(r.cached for r in results) and server.calls() == calls
+    assert len(threads) >= 140  # 20 misses (get + set) and 100 hits
+    assert threading.get_ident() not in threads, "a backend call ran on the event loop's thread"

@@ -244,9 +244,10 @@ async def test_per_call_ttl_expires(make_client: MakeClient, server: FakeServer)
     import asyncio
 
     client = cached_client(make_client)
-    await client.acomplete(MESSAGES, model="openai/gpt-4o", options={"cache": {"ttl": 0.2}})
+    # 1 s: the second call is a hit even when a busy machine delays it by a good fraction of that
+    await client.acomplete(MESSAGES, model="openai/gpt-4o", options={"cache": {"ttl": 1.0}})
     assert (await client.acomplete(MESSAGES, model="openai/gpt-4o")).cached
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.1)
     assert not (await client.acomplete(MESSAGES, model="openai/gpt-4o")).cached
     assert server.calls() == 2
 

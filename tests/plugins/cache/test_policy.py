@@ -260,11 +260,12 @@ async def test_c08_stream_answered_from_a_stored_whole_completion(make_client: M
 
 
 async def test_c10_expired_entry_regenerated_once_not_served_stale(make_client: MakeClient, server: FakeServer) -> None:
-    client = make_client(middleware=["cache"], cache={"ttl": 0.3})
+    # ttl 1 s: the second call is a hit even when a busy machine delays it by a good fraction of that
+    client = make_client(middleware=["cache"], cache={"ttl": 1.0})
     server.script(Reply.completion("old"), Reply(body=Reply.completion("new").body, delay=0.3))
     assert (await client.acomplete("q", model=MODEL)).text == "old"
     assert (await client.acomplete("q", model=MODEL)).text == "old"
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.1)
     results = await asyncio.gather(*[client.acomplete("q", model=MODEL) for _ in range(10)])
     assert {r.text for r in results} == {"new"}
     assert server.calls() == 2

@@ -130,16 +130,13 @@ async def test_c13_redis_pauses_mid_run_then_recovers(make_client: MakeClient, s
     assert (await client.acomplete("warm", model=MODEL)).cached
     own_redis.pause()
     try:
-        latencies = []
         for i in range(6):
-            start = time.monotonic()
-            response = await client.acomplete(f"during {i}", model=MODEL)
-            latencies.append(time.monotonic() - start)
+            # a frozen Redis never answers: without the cache timeout this would wait forever;
+            # with it a request takes two ops of 0.1 s plus the upstream call (20 s: any load)
+            response = await asyncio.wait_for(client.acomplete(f"during {i}", model=MODEL), 20)
             assert response.text == f"echo: during {i}"
         assert cache.metrics.errors >= 3 and cache.metrics.timeouts >= 3
         assert cache.store.circuit_open and cache.metrics.circuit_skips >= 1
-        # each request degraded within the cache timeout (two ops of 0.1 s) plus the upstream call
-        assert max(latencies) < 1.5, latencies
     finally:
         own_redis.resume()
     await asyncio.sleep(0.6)
@@ -167,20 +164,11 @@ async def test_c14_slow_redis_times_out_fast_loop_keeps_running(make_client: Mak
     proxy = DelayProxy(redis_server.port)
     try:
         client = make_client(middleware=["cache"], cache=redis_cache(proxy.url, timeout=0.1, circuit_failures=1000))
-        proxy.delay = 2.0
-        start = time.monotonic()
-        task = asyncio.ensure_future(asyncio.gather(*[client.acomplete(f"q{i}", model=MODEL) for i in range(10)]))
-        worst = 0.0
-        while not task.done():
-            tick = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst = max(worst, time.perf_counter() - tick - 0.01)
-        results = await task
-        elapsed = time.monotonic() - start
+        proxy.delay = 60.0  # Redis answers after a minute: only the cache timeout can end the requests
+        calls = asyncio.gather(*[client.acomplete(f"q{i}", model=MODEL) for i in range(10)])
+        results = await asyncio.wait_for(calls, 30)  # they need ~0.2 s; 30 s holds under any load
         assert [r.text for r in results] == [f"echo: q{i}" for i in range(10)] and server.calls() == 10
-        assert elapsed < 1.9, f"requests waited for the slow Redis ({elapsed:.2f} s)"
-        assert worst < 0.5, f"event loop stalled {worst * 1000:.0f} ms"
-        assert cache_of(client).metrics.timeouts >= 10
+        assert cache_of(client).metrics.timeouts >= 10  # loop health: test_c16 (backend calls off the loop)
     finally:
         proxy.close()
 
@@ -259,6 +247,7 @@ async def test_x05_crashed_lock_holder_released_after_lock_timeout(make_client: 
     response = await client.acomplete("q", model=MODEL)
     waited = time.monotonic() - start
     assert response.text == "echo: q" and server.calls() == 1
-    assert 0.5 < waited < 5, f"waited {waited:.2f} s for a lock that expires after 1 s"
+    # it waited for the crashed holder's lock (a lower bound holds under any load) and then got it
+    assert waited > 0.5, f"waited only {waited:.2f} s for a lock that expires after 1 s"
     assert not r.exists(lock_name)  # released after use
     await client.aclose()
