@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from .client import Client
 
         client = None if args.run is _demo else Client(config=args.config)
-        code: int = args.run(client, args)
+        try:
+            code: int = args.run(client, args)
+        finally:
+            if client is not None:
+                client.close()  # writes what middleware keep for other processes (file cache counters)
         return code
     except ModelwireError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -93,20 +97,13 @@ def _configure_output(verbose: bool, log_format: str = "console") -> None:
     std.propagate = False
 
 
-def _quiet_litellm() -> None:
-    """litellm prints a "Give Feedback" banner on every exception unless told not to. This is
-    our own process, so the CLI may say so; the library itself leaves litellm's globals alone."""
-    from modelwire.providers.litellm_base import litellm
-
-    litellm().suppress_debug_info = True
-
-
 def _complete(client: Any, args: argparse.Namespace) -> int:
-    _quiet_litellm()
     messages: list[dict[str, Any]] = [{"role": "user", "content": args.prompt}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    # client.complete/stream validate everything that needs no network (model address, provider,
+    # key variable, parameters) before litellm, seconds to import, is loaded by the call itself.
     if args.stream:
         with client.stream(messages, model=args.model, **params) as stream:
             for chunk in stream:
@@ -175,7 +172,6 @@ def _config(client: Any, args: argparse.Namespace) -> int:
 
 
 def _demo(client: Any, args: argparse.Namespace) -> int:
-    _quiet_litellm()
     from .demo import run_demo
 
     return run_demo()

@@ -82,6 +82,9 @@ class Client:
             list(zip(names, self.middleware, strict=True)), self._attempt, self._attempt_stream
         )
         self.hook.modelwire_client_created(client=self)  # per-client plugin state (cost, stats)
+        if self.config.preload:
+            # Not a daemon: a thread killed mid-import at exit can deadlock finalizers that import.
+            threading.Thread(target=self._preload, name="modelwire-preload").start()
 
     # -- building --------------------------------------------------------------------------------
 
@@ -222,10 +225,41 @@ class Client:
             return CheckResult(provider, False, exc.message)
         return instance.check()
 
+    # -- warm-up and release ----------------------------------------------------------------------
+
+    def _warm_targets(self) -> list[Any]:
+        providers: list[Any] = list(self.providers.values())
+        if not providers and "openai" in self.registry.providers:
+            providers.append(self.provider("openai"))  # what a config-less client calls first
+        return [*providers, *self.middleware]
+
+    async def awarmup(self) -> None:
+        """Import litellm and whatever the configured providers and middleware need, in worker
+        threads (the event loop keeps serving); idempotent. A FastAPI lifespan can await it."""
+        for target in self._warm_targets():
+            warm = getattr(target, "awarmup", None)
+            if warm is not None:
+                await warm()
+
+    def warmup(self) -> None:
+        """Blocking :meth:`awarmup`."""
+        portal.run(self.awarmup())
+
+    def _preload(self) -> None:
+        try:
+            for target in self._warm_targets():
+                warm = getattr(target, "warmup", None)
+                if warm is not None:
+                    warm()
+        except Exception as exc:  # the first call imports again and raises where it can be seen
+            logger.warning("preload_failed", error=f"{type(exc).__name__}: {exc}")
+
     async def aclose(self) -> None:
-        """Release middleware resources (connections, threads)."""
+        """Release middleware resources and this loop's HTTP connections."""
         for mw in self.middleware:
             await mw.aclose()
+        for provider in list(self.providers.values()):
+            await provider.aclose()
 
     def close(self) -> None:
         portal.run(self.aclose())

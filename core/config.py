@@ -46,6 +46,9 @@ class Config(BaseModel):
     prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: ``[stats]``, validated by the ``stats`` plugin (docs/observability.md).
     stats: dict[str, Any] = Field(default_factory=dict)
+    #: Start the warm-up (``Client.warmup()``: litellm and what the first call needs) in a
+    #: background thread as the Client is built, so a script's first call does not wait for it.
+    preload: bool = False
     sections: dict[str, Any] = Field(default_factory=dict)
     source: str = "defaults"
 

@@ -125,6 +125,19 @@ class Provider:
     def stream(self, request: Request) -> Iterator[Chunk]:
         return portal.iterate(self.astream(request))
 
+    async def awarmup(self) -> None:
+        """Load what a first call needs (imports, pools) without blocking the loop; idempotent.
+
+        Called by :meth:`Client.awarmup` and by the ratelimit middleware before it takes a permit,
+        so a permit is never held while a first call imports its transport.
+        """
+
+    def warmup(self) -> None:
+        """Blocking :meth:`awarmup` (``preload = true`` runs it in a background thread)."""
+
+    async def aclose(self) -> None:
+        """Release this provider's connections on the running loop (``Client.aclose``)."""
+
     def check(self) -> CheckResult:
         """Check that the provider is reachable and the credentials work, without raising."""
         return CheckResult(self.name, True, "no connection check for this provider kind")
