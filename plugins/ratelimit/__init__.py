@@ -28,7 +28,16 @@ from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
 from .config import RateLimitConfig, RateLimitOptions, estimate_tokens, match_rule
 from .engine import Engine, Permit
 
-__all__ = ["RateLimitConfig", "RateLimitMiddleware"]
+__all__ = ["ON_ADMITTED", "ON_SEND", "RESPONSE_HEADERS", "RateLimitConfig", "RateLimitMiddleware"]
+
+#: ``request.state`` keys shared with the provider and the retry middleware (docs/ratelimit.md):
+#: a provider whose class sets ``reports_send = True`` calls ``state[ON_SEND]()`` just before the
+#: request goes on the wire (the permit counts from then); a stream provider puts its response
+#: headers in ``state[RESPONSE_HEADERS]``; retry puts a callback in ``state[ON_ADMITTED]``,
+#: called when the limiter lets the attempt go.
+ON_SEND = "on_send"
+RESPONSE_HEADERS = "response_headers"
+ON_ADMITTED = "on_admitted"
 
 
 class RateLimitMiddleware(Middleware):
@@ -39,6 +48,7 @@ class RateLimitMiddleware(Middleware):
     """
 
     Config = RateLimitConfig
+    Options = RateLimitOptions
 
     def __init__(self, config: RateLimitConfig | None, context: MiddlewareContext) -> None:
         super().__init__(config or RateLimitConfig(), context)
@@ -48,8 +58,8 @@ class RateLimitMiddleware(Middleware):
         self._spec_hook = hook if hook is not None and hook.get_hookimpls() else None
         delayed = getattr(context.hook, "modelwire_limit_delayed", None)
         self._delayed_hook = delayed if delayed is not None and delayed.get_hookimpls() else None
-    Options = RateLimitOptions
         self._matches: dict[str, LimitSpec | None] = {}
+        self._warm: set[str] = set()
 
     # -- per request ---------------------------------------------------------------------------
 
@@ -77,11 +87,28 @@ class RateLimitMiddleware(Middleware):
             raise RequestValidationError(f"options.ratelimit.max_wait must be a number >= 0, got {value!r}")
         return float(value)
 
+    async def _provider(self, request: Request) -> Any:
+        """The request's provider, warmed up: admission and sending must be close together, so
+        the first call's litellm import (seconds) happens before a permit is taken, not after."""
+        try:
+            provider = self.context.provider(request.provider)
+        except Exception:  # unknown provider: the provider stage reports it, with its own error
+            return None
+        if request.provider not in self._warm:
+            warm = getattr(provider, "awarmup", None)
+            if warm is not None:
+                await warm()
+            self._warm.add(request.provider)
+        return provider
+
     async def _acquire(self, request: Request) -> Permit | None:
         spec = self.spec(request)
         if spec is None:
             return None
+        provider = await self._provider(request)
         plan = self.engine.plan(spec)
+        if getattr(provider, "reports_send", False):
+            plan.signals = True
         tokens = prompt = 0
         if plan.tok_rates:
             tokens = spec.tokens if spec.tokens is not None else estimate_tokens(request, self.config)
@@ -96,6 +123,10 @@ class RateLimitMiddleware(Middleware):
                 pass
             raise
         request.state.setdefault("log", {})["limiter_wait_ms"] = round(permit.waited * 1000, 2)
+        request.state[ON_SEND] = _on_send(self.engine, permit)
+        admitted = request.state.get(ON_ADMITTED)
+        if callable(admitted):
+            admitted()  # retry's attempt_timeout starts now: the queue is not the provider's time
         if permit.waited >= 0.001 and self._delayed_hook is not None:
             try:
                 self._delayed_hook(request=request, delay=permit.waited)
@@ -112,6 +143,8 @@ class RateLimitMiddleware(Middleware):
         except BaseException as exc:
             await _shielded(self.engine.finish(permit, error=exc))
             raise
+        finally:
+            request.state.pop(ON_SEND, None)
         await self.engine.finish(permit, usage=response.usage, headers=_headers(response))
         return response
 
@@ -133,8 +166,13 @@ class RateLimitMiddleware(Middleware):
             error = exc
             raise
         finally:
+            request.state.pop(ON_SEND, None)
             await aclose_stream(upstream)
-            await _shielded(self.engine.finish(permit, usage=usage if error is None else None, error=error))
+            headers = request.state.get(RESPONSE_HEADERS) if error is None else None
+            await _shielded(self.engine.finish(
+                permit, usage=usage if error is None else None, error=error,
+                headers=headers if isinstance(headers, dict) else None,
+            ))
 
     # -- lifecycle and introspection -------------------------------------------------------------
 
@@ -158,6 +196,23 @@ class RateLimitMiddleware(Middleware):
             "queue_depth": {k: v for k, v in s.queued.items() if v},
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
         }
+
+
+def _on_send(engine: Engine, permit: Permit) -> Callable[[], None]:
+    """The send signal for ``permit``; a provider may call it from a worker thread too."""
+    loop = asyncio.get_running_loop()
+
+    def signal() -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            engine.sending(permit)
+        else:  # later than the real send: the permit then counts from a little later, never earlier
+            loop.call_soon_threadsafe(engine.sending, permit)
+
+    return signal
 
 
 async def _shielded(settle: Any) -> None:

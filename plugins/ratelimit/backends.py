@@ -24,7 +24,7 @@ import time
 import uuid
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, Rate, RateItem
@@ -113,6 +113,15 @@ class Backend:
     async def refund(self, bucket_id: str, ticket: str, units: int) -> None:
         raise NotImplementedError
 
+    def restamp_now(self, bucket_id: str, ticket: str, ago: float = 0.0) -> Callable[[], Awaitable[None]] | None:
+        """Move the reservation of ``ticket`` later, to ``ago`` seconds before now (never earlier).
+
+        Called on the event loop from the provider's send signal, so it must not block: the
+        memory backend moves the entry at once and returns None; a shared backend reads the
+        clock now and returns the store update to await.
+        """
+        raise NotImplementedError
+
     async def charge(self, bucket_id: str, ticket: str, units: int) -> None:
         raise NotImplementedError
 
@@ -173,6 +182,28 @@ class _MemoryBucket(InMemoryBucket):
                 j += 1
             self.items[i:j] = keep
 
+    def restamp(self, name: str, ago: float = 0.0) -> None:
+        """Move the entries of ``name`` to ``ago`` s before now, keeping the log sorted by time."""
+        now = _now_ms(self) - int(ago * 1000)
+        with self._lock:
+            stamp = self.stamps.get(name)
+            if stamp is None or stamp >= now:
+                return
+            i = bisect_left(self.items, stamp, key=lambda it: it.timestamp)
+            moved: list[RateItem] = []
+            j = i
+            while j < len(self.items) and self.items[j].timestamp == stamp:
+                if self.items[j].name == name:
+                    moved.append(RateItem(name, now, self.items[j].weight))
+                    del self.items[j]
+                else:
+                    j += 1
+            if moved:
+                k = bisect_right(self.items, now, key=lambda it: it.timestamp)
+                self.items[k:k] = moved
+                self.stamps[name] = now
+                self.stamps.move_to_end(name)
+
     def charge(self, name: str, units: int) -> None:
         item = RateItem(name, _now_ms(self), units)
         with self._lock:
@@ -215,6 +246,10 @@ class MemoryBackend(Backend):
 
     async def refund(self, bucket_id: str, ticket: str, units: int) -> None:
         self._bucket(bucket_id).refund(f"{bucket_id}{SEP}{ticket}", units)
+
+    def restamp_now(self, bucket_id: str, ticket: str, ago: float = 0.0) -> Callable[[], Awaitable[None]] | None:
+        self._bucket(bucket_id).restamp(f"{bucket_id}{SEP}{ticket}", ago)
+        return None
 
     async def charge(self, bucket_id: str, ticket: str, units: int) -> None:
         self._bucket(bucket_id).charge(f"{bucket_id}{SEP}{ticket}+", units)

@@ -98,6 +98,7 @@ class RateLimitConfig(BaseModel):
     workers: int = Field(default=1, ge=1)
     max_wait: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     buffer_ms: int = Field(default=40, ge=0, le=1000)
+    send_margin: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
     on_backend_error: Literal["local", "closed"] = "local"
     backend_timeout: float = Field(default=0.5, gt=0, allow_inf_nan=False)
     backend_retry: float = Field(default=5.0, gt=0, allow_inf_nan=False)

@@ -56,6 +56,16 @@ class Plan:
     concurrency: int | None
     #: seconds between requests at the tightest request rate (queue-time estimates only)
     spacing: float
+    #: the provider of this bucket reports the moment of sending (learned from its first signal)
+    signals: bool = False
+    #: admitted in this process and not yet sent: ticket -> monotonic admission time
+    unsent: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hold(self) -> float:
+        """How long an unsent request may hold up the next admission check: half the shortest
+        window, so that its admission stamp never leaves a window before it is moved."""
+        return min((r.interval for r in self.req_rates), default=0) / 2000
 
     @property
     def req_id(self) -> str:
@@ -77,6 +87,12 @@ class Permit:
     prompt_units: int
     waited: float
     semaphore: asyncio.Semaphore | None
+    #: monotonic time of admission, and whether the provider has said the request is being sent
+    admitted_at: float = 0.0
+    sent: bool = False
+    sent_at: float = 0.0
+    #: the shared store's update moving the reservation to the send time (awaited by finish)
+    restamp: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -188,7 +204,40 @@ class Engine:
             self.stats.waits += 1
             self.stats.wait_seconds += waited
         prompt_units = min(held, math.ceil(prompt_tokens / plan.unit)) if held else 0
-        return Permit(plan, backend, ticket, held, prompt_units, waited, semaphore)
+        if plan.req_rates:
+            plan.unsent[ticket] = time.monotonic()
+        return Permit(plan, backend, ticket, held, prompt_units, waited, semaphore, time.monotonic())
+
+    def _unsent_wait(self, plan: Plan) -> float:
+        """Seconds to wait for an earlier request of this process that was admitted long ago
+        and is still not sent (litellm importing, a saturated CPU): its reservation must be
+        moved to its send time before it can leave a window and let another request in."""
+        if not plan.signals or not plan.unsent:
+            return 0.0
+        oldest = min(plan.unsent.values())
+        return 0.005 if time.monotonic() - oldest >= plan.hold else 0.0
+
+    def sending(self, permit: Permit) -> None:
+        """The provider is sending the request now: its request permit counts from this moment.
+
+        Called on the event loop from the provider's send signal (several calls are harmless).
+        """
+        if permit.sent:
+            return
+        permit.sent, permit.sent_at = True, time.monotonic()
+        plan = permit.plan
+        plan.signals = True
+        if not plan.req_rates:
+            return
+        try:
+            update = permit.backend.restamp_now(plan.req_id, permit.ticket)
+        except Exception as exc:  # a failed move leaves the admission stamp: the old behaviour
+            logger.warning("ratelimit.settle_failed", backend=permit.backend.name, error=str(exc))
+            update = None
+        finally:
+            plan.unsent.pop(permit.ticket, None)
+        if update is not None:
+            permit.restamp = asyncio.get_running_loop().create_task(_quiet(update()))
 
     async def _queue(
         self,
@@ -286,7 +335,7 @@ class Engine:
         state: _LoopState,
     ) -> tuple[Backend, str, int]:
         if plan.req_rates and not backend.has(plan.req_id):
-            await backend.ensure(plan.req_id, plan.req_rates, False)
+            await backend.ensure(plan.req_id, plan.req_rates, True)  # tracked: moved to the send time
         if plan.tok_rates and not backend.has(plan.tok_id):
             await backend.ensure(plan.tok_id, plan.tok_rates, True)
         ticket = backend.ticket()
@@ -299,6 +348,8 @@ class Engine:
                 if wait <= 0 and units and not held:
                     wait = await backend.acquire(plan.tok_id, ticket, units)
                     held = units if wait <= 0 else 0
+                if wait <= 0 and plan.req_rates:
+                    wait = self._unsent_wait(plan)
                 if wait <= 0 and plan.req_rates:
                     wait = await backend.acquire(plan.req_id, ticket, 1)
                 if wait <= 0:
@@ -335,9 +386,14 @@ class Engine:
         :param headers: response headers; ``x-ratelimit-remaining-* = 0`` pauses until the reset.
         """
         plan = permit.plan
+        plan.unsent.pop(permit.ticket, None)
         if permit.semaphore is not None:
             permit.semaphore.release()
         self.stats.in_flight[plan.key] -= 1
+        if permit.restamp is not None:
+            await permit.restamp
+        if plan.req_rates:
+            await self._settle_stamp(permit)
         try:
             pause: float | None = None
             free = 0
@@ -363,6 +419,20 @@ class Engine:
             self.stats.backend_errors += 1
             logger.warning("ratelimit.settle_failed", backend=permit.backend.name, error=str(exc))
 
+    async def _settle_stamp(self, permit: Permit) -> None:
+        """Count the request from the moment it surely reached the server: its answer came
+        back, which is never before its arrival. Capped at ``send_margin`` after the send
+        signal (admission when the provider gives none), so a slow answer costs at most that."""
+        since = permit.sent_at if permit.sent else permit.admitted_at
+        ago = max(0.0, time.monotonic() - since - self.config.send_margin)
+        try:
+            update = permit.backend.restamp_now(permit.plan.req_id, permit.ticket, ago)
+            if update is not None:
+                await update()
+        except BackendUnavailable as exc:
+            self.stats.backend_errors += 1
+            logger.warning("ratelimit.settle_failed", backend=permit.backend.name, error=str(exc))
+
     async def cool_down(self, key: str, seconds: float) -> None:
         """Pause bucket ``key`` for every caller (and, on a shared backend, every process)."""
         self.stats.cooldowns += 1
@@ -376,3 +446,11 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+async def _quiet(update: Any) -> None:
+    """A store update after the send signal; a failure keeps the (earlier) admission stamp."""
+    try:
+        await update
+    except BackendUnavailable as exc:
+        logger.warning("ratelimit.settle_failed", error=str(exc))

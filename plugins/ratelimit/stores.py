@@ -11,6 +11,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyrate_limiter import AbstractBucket, Rate
@@ -91,6 +92,23 @@ class SQLiteBackend(ThreadedBackend):
 
         await self.run(op)
 
+    def restamp_now(self, bucket_id: str, ticket: str, ago: float = 0.0) -> Callable[[], Awaitable[None]] | None:
+        table, name = _table(bucket_id), f"{bucket_id}{SEP}{ticket}"
+        stamps = self._wrapped(bucket_id).stamps
+        now = time.time_ns() // 1_000_000 - int(ago * 1000)  # read now: the update runs later, on the worker
+        if stamps.get(name, now) >= now:
+            return None
+        stamps[name] = now
+
+        def op() -> None:
+            conn = self._connection()
+            with self.lock:
+                conn.execute(f"UPDATE '{table}' SET item_timestamp = ? WHERE name = ? AND item_timestamp < ?",
+                             (now, name, now))
+                conn.commit()
+
+        return lambda: self.run(op)
+
     async def charge(self, bucket_id: str, ticket: str, units: int) -> None:
         table, name = _table(bucket_id), f"{bucket_id}{SEP}{ticket}+"
 
@@ -166,6 +184,18 @@ end
 return removed
 """
 
+_RESTAMP_LUA = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+local prefix, moved = ARGV[2], 0
+for _, m in ipairs(members) do
+  if string.sub(m, 1, #prefix) == prefix then
+    redis.call('ZADD', KEYS[1], 'GT', ARGV[3], m)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
 _COOLDOWN_LUA = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
@@ -194,6 +224,7 @@ class RedisBackend(ThreadedBackend):
         )
         self._refund = self.client.register_script(_REFUND_LUA)
         self._cooldown = self.client.register_script(_COOLDOWN_LUA)
+        self._restamp = self.client.register_script(_RESTAMP_LUA)
 
     def _key(self, bucket_id: str) -> str:
         return f"{self.prefix}{bucket_id}"
@@ -224,6 +255,19 @@ class RedisBackend(ThreadedBackend):
         stamp = self._wrapped(bucket_id).stamps.pop(name, None)
         if stamp is not None:
             await self.run(lambda: self._refund(keys=[self._key(bucket_id)], args=[stamp, name + ":", units]))
+
+    def restamp_now(self, bucket_id: str, ticket: str, ago: float = 0.0) -> Callable[[], Awaitable[None]] | None:
+        name = f"{bucket_id}{SEP}{ticket}"
+        stamps = self._wrapped(bucket_id).stamps
+        stamp, now = stamps.get(name), time.time_ns() // 1_000_000 - int(ago * 1000)
+        if stamp is None or stamp >= now:
+            return None
+        stamps[name] = now
+
+        async def update() -> None:
+            await self.run(lambda: self._restamp(keys=[self._key(bucket_id)], args=[stamp, name + ":", now]))
+
+        return update
 
     async def charge(self, bucket_id: str, ticket: str, units: int) -> None:
         name, key = f"{bucket_id}{SEP}{ticket}+", self._key(bucket_id)

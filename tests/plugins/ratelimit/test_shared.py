@@ -44,10 +44,9 @@ def _worker(url: str, section: dict[str, Any], start: Any, results: Any) -> None
 
 def _two_processes(server: FakeServer, section: dict[str, Any]) -> None:
     times = _run_two(server, section)
-    # The rate over 2 s windows: robust to one batch arriving a few tens of ms late on a loaded
-    # machine (admission is what the limiter controls); unshared limits would show 2x.
-    assert max_in_window(times, 2.0) <= 1.1 * 2 * RATE
-    assert max_in_window(times, 1.0) < 2 * RATE
+    # Counted at the server, in every sliding 1 s window: a permit counts from the answer (never
+    # before the arrival), so this holds on a saturated machine too; unshared limits would show 2x.
+    assert max_in_window(times, 1.0) <= RATE
     assert times[-1] - times[0] >= (2 * PER_WORKER / RATE) - 1 - 0.2
 
 
@@ -91,8 +90,7 @@ def test_L04_negative_control_memory_limits_in_two_processes_add_up(server: Fake
     """Why ``memory`` with ``workers > 1`` is refused: each process (here declaring itself alone)
     allows the full rate, so the server sees about twice the limit."""
     times = _run_two(server, {"backend": "memory", "limits": [{"match": "openai/gpt-4o", "rps": RATE}]})
-    assert max_in_window(times, 2.0) > 1.1 * 2 * RATE
-    assert max_in_window(times, 1.0) >= 1.5 * RATE
+    assert max_in_window(times, 1.0) > RATE  # each process alone keeps the limit; together they exceed it
 
 
 # -- L06: the backend fails ------------------------------------------------------------------------
