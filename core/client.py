@@ -38,7 +38,7 @@ from .provider import CheckResult, Provider
 from .registry import Registry, build_registry
 from .stream import AsyncStream, SyncStream
 from .types import Chunk, Completion, Request
-from .validate import check_serializable, normalize_messages
+from .validate import check_params, check_serializable, normalize_messages
 
 __all__ = ["Client"]
 
@@ -169,6 +169,7 @@ class Client:
         messages = normalize_messages(prompt)
         check_options(options, self.registry.middleware, provider.config)
         size = check_serializable(messages, params)
+        check_params(params)
         if size > self.config.max_request_bytes:
             raise PayloadTooLargeError(
                 f"the request is {size} bytes, above max_request_bytes = {self.config.max_request_bytes}",

@@ -122,17 +122,21 @@ class AsyncStream:
                 model=self.request.model,
             )
             self._fail(error)
-            raise error from None
         except BaseException:
             self._end("cancelled")
             raise
+        else:
+            return self._received(chunk)
+        raise error  # outside the handler: the foreign exception stays unreachable from the error
+
+    def _received(self, chunk: Chunk) -> Chunk:
         self.chunks += 1
         choice = self._choices.get(chunk.index)
         if choice is None:
             choice = self._choices[chunk.index] = _Choice()
         if chunk.text:
             choice.text.write(chunk.text)
-            if self.first_token_latency is None:
+            if self.first_token_latency is None and self._start is not None:
                 self.first_token_latency = perf_counter() - self._start
         if chunk.tool_calls:
             self._add_tool_calls(choice, chunk)

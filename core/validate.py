@@ -8,9 +8,15 @@ from typing import Any
 
 from .errors import RequestValidationError
 
-__all__ = ["normalize_messages", "check_serializable"]
+__all__ = ["check_params", "check_serializable", "normalize_messages"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Roles whose message must say something: an empty or blank one is a bug in the caller's code
+# (assistant turns may be empty beside tool calls; a tool may return nothing).
+_SPEAKING = frozenset({"system", "developer", "user"})
+# Content part types and the field each must carry (OpenAI chat format); other types pass as
+# long as they are objects with a 'type' (providers add their own).
+_PART_FIELDS = {"text": "text", "image_url": "image_url", "input_audio": "input_audio", "file": "file"}
 
 
 def normalize_messages(prompt_or_messages: Any) -> list[dict[str, Any]]:
@@ -22,6 +28,8 @@ def normalize_messages(prompt_or_messages: Any) -> list[dict[str, Any]]:
     if isinstance(prompt_or_messages, str):
         if not prompt_or_messages:
             raise RequestValidationError("the prompt is an empty string")
+        if prompt_or_messages.isspace():
+            raise RequestValidationError("the prompt is blank (only whitespace)")
         return [{"role": "user", "content": prompt_or_messages}]
     if not isinstance(prompt_or_messages, list):
         raise RequestValidationError(
@@ -47,12 +55,108 @@ def _check_message(i: int, message: Any) -> None:
     if content is None:
         if role != "assistant" or not (message.get("tool_calls") or message.get("function_call")):
             raise RequestValidationError(f"{where} ({role}) has no content")
-    elif not isinstance(content, (str, list)):
+    elif isinstance(content, str):
+        if role in _SPEAKING and (not content or content.isspace()):
+            raise RequestValidationError(f"{where}.content ({role}) is {'blank' if content else 'an empty string'}")
+    elif isinstance(content, list):
+        _check_parts(where, role, content)
+    else:
         raise RequestValidationError(
             f"{where}.content must be a string or a list of parts, got {type(content).__name__}"
         )
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
         raise RequestValidationError(f"{where} is a tool message without a 'tool_call_id'")
+
+
+def _check_parts(where: str, role: str, parts: list[Any]) -> None:
+    """Content parts are objects with a ``type``; litellm would fail on anything else while building
+    the request (and report it as a retryable connection error)."""
+    if not parts:
+        raise RequestValidationError(f"{where}.content is an empty list of parts")
+    said = False
+    for j, part in enumerate(parts):
+        at = f"{where}.content[{j}]"
+        if not isinstance(part, dict):
+            raise RequestValidationError(
+                f"{at} must be a dict such as {{'type': 'text', 'text': ...}}, got {type(part).__name__}: {part!r:.60}"
+            )
+        kind = part.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise RequestValidationError(f"{at} has no 'type' (e.g. 'text', 'image_url')")
+        field = _PART_FIELDS.get(kind)
+        if field is not None and part.get(field) is None:
+            raise RequestValidationError(f"{at} is a {kind!r} part without {field!r}")
+        if kind == "text":
+            text = part["text"]
+            if not isinstance(text, str):
+                raise RequestValidationError(f"{at}.text must be a string, got {type(text).__name__}")
+            said = said or not text.isspace() and bool(text)
+        else:
+            said = True
+    if role in _SPEAKING and not said:
+        raise RequestValidationError(f"{where}.content ({role}) has only blank text parts")
+
+
+# Well-known sampling parameters: (allowed types, lowest, highest). bool is refused where a number
+# is expected (True is an int in Python, never a temperature). llama.cpp answers a wrongly typed
+# value with a 500, which would be retried as a server error.
+_NUMBER = (int, float)
+_PARAMS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
+    "temperature": (_NUMBER, 0, None),
+    "top_p": (_NUMBER, 0, 1),
+    "presence_penalty": (_NUMBER, None, None),
+    "frequency_penalty": (_NUMBER, None, None),
+    "n": ((int,), 1, None),
+    "max_tokens": ((int,), 1, None),
+    "max_completion_tokens": ((int,), 1, None),
+    "seed": ((int,), None, None),
+    "top_logprobs": ((int,), 0, None),
+}
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Check the types and ranges of well-known parameters, naming the key.
+
+    ``logit_bias`` keys given as ints (as with the openai SDK) are turned into the strings the wire
+    carries anyway (litellm fails on int keys); other keys must be token ids.
+    """
+    for key, (types, low, high) in _PARAMS.items():
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            kind = "an integer" if types == (int,) else "a number"
+            raise RequestValidationError(f"parameter {key!r} must be {kind}, got {type(value).__name__}: {value!r:.60}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise RequestValidationError(f"parameter {key!r} must be {bounds}, got {value!r}")
+    stop = params.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise RequestValidationError(f"parameter 'stop' must be a string or a list of strings, got {stop!r:.60}")
+    if params.get("logit_bias") is not None:
+        params["logit_bias"] = _logit_bias(params["logit_bias"])
+    headers = params.get("extra_headers")
+    if headers is not None:
+        pairs = headers.items() if isinstance(headers, dict) else [(None, None)]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+            raise RequestValidationError("parameter 'extra_headers' must be a dict of strings to strings")
+
+
+def _logit_bias(bias: Any) -> dict[str, Any]:
+    if not isinstance(bias, dict):
+        kind = type(bias).__name__
+        raise RequestValidationError(f"parameter 'logit_bias' must be a dict of token id to bias, got {kind}")
+    out: dict[str, Any] = {}
+    for token, value in bias.items():
+        if isinstance(token, bool) or not isinstance(token, (int, str)) or not str(token).isdigit():
+            raise RequestValidationError(f"parameter 'logit_bias' key {token!r} is not a token id (an integer)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestValidationError(
+                f"parameter 'logit_bias' value for token {token!r} must be a number, got {type(value).__name__}"
+            )
+        out[str(token)] = value
+    return out
 
 
 def check_serializable(messages: list[dict[str, Any]], params: dict[str, Any]) -> int:

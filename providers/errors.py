@@ -27,7 +27,7 @@ from typing import Any
 
 from modelwire import errors as e
 
-__all__ = ["map_exception", "parse_duration", "parse_retry_after", "rate_limit_hint", "request_id"]
+__all__ = ["detached", "map_exception", "parse_duration", "parse_retry_after", "rate_limit_hint", "request_id"]
 
 _CONTEXT = re.compile(
     r"context_length_exceeded|maximum context length|context window|exceed_context_size|"
@@ -232,6 +232,29 @@ def _embedded_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+# Python's own errors for a value of the wrong shape: raised while litellm turns our arguments into
+# an HTTP request (content parts that are not dicts, logit_bias keys that are not strings...).
+_BUILD_ERRORS = (TypeError, AttributeError, KeyError, IndexError)
+
+
+def _build_failure(exc: BaseException) -> BaseException | None:
+    """The root error when litellm failed before sending (it reports that as a retryable
+    ``APIConnectionError``), else None.
+
+    Only litellm's own wrappers around a plain Python error count: any openai/httpx/aiohttp node
+    means the transport was involved, and litellm says "Invalid response object" when the same
+    Python errors come from converting a response that did arrive.
+    """
+    chain = list(_chain(exc))
+    root = chain[-1]
+    if len(chain) < 2 or not isinstance(root, _BUILD_ERRORS) or type(root).__module__ != "builtins":
+        return None
+    for node in chain[:-1]:
+        if not type(node).__module__.startswith("litellm") or "Invalid response object" in str(node):
+            return None
+    return root
+
+
 def _transport(exc: BaseException) -> tuple[type[e.ProviderError], bool] | None:
     """(class, request_sent) when the chain shows a transport failure, else None."""
     chain = list(_chain(exc))
@@ -249,6 +272,19 @@ def _transport(exc: BaseException) -> tuple[type[e.ProviderError], bool] | None:
 # -- the mapping ------------------------------------------------------------------------------
 
 
+def detached(error: e.ModelwireError) -> e.ModelwireError:
+    """``error`` without links to the exceptions it was mapped from, ready to raise.
+
+    ``raise ... from None`` only hides ``__context__`` from tracebacks: the raw litellm/openai
+    exception stays reachable, and its text or ``response.request.headers`` can hold the API key.
+    Raise the result outside any ``except`` block, or Python links the handled exception again.
+    """
+    error.__cause__ = None
+    error.__context__ = None
+    return error
+
+
+
 def map_exception(exc: BaseException, *, provider: str, model: str) -> e.ModelwireError:
     """Turn ``exc`` into the matching :class:`~modelwire.ModelwireError` subclass.
 
@@ -258,6 +294,17 @@ def map_exception(exc: BaseException, *, provider: str, model: str) -> e.Modelwi
     """
     if isinstance(exc, e.ModelwireError):
         return exc
+    unsent = _build_failure(exc)
+    if unsent is not None:
+        detail = _short(f"{type(unsent).__name__}: {unsent}")
+        error = e.RequestValidationError(
+            f"the request could not be built, nothing was sent ({detail}); check the messages and parameters",
+            provider=provider,
+            model=model,
+            retryable=False,
+        )
+        error.request_sent = False
+        return error
     headers = _headers_of(exc)
     raw_text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     text = _short(raw_text)

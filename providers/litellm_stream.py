@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from modelwire.errors import (
     ContentFilterError,
     EmptyStreamError,
+    ModelwireError,
     StreamDurationExceededError,
     StreamIdleTimeoutError,
     StreamInterruptedError,
@@ -47,7 +48,7 @@ from modelwire.errors import (
 from modelwire.provider import StreamSettings
 from modelwire.types import Chunk, Request
 
-from .errors import map_exception, request_id
+from .errors import detached, map_exception, request_id
 from .sse import SSEDecoder
 from .stream_parse import DONE, EventParser
 
@@ -238,6 +239,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
         args["stream_options"] = {"include_usage": True}
     wrapper: Any = None
     body: Any = None
+    failure: ModelwireError | None = None
     try:
         wrapper = await _open(provider, request, args, clock)
         response = getattr(getattr(wrapper, "completion_stream", None), "response", None)
@@ -308,8 +310,12 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
                 raise progress.end_error()
         if progress.filtered:
             raise progress.filtered_error()
+    except ModelwireError as exc:
+        failure = exc
     finally:
         await _close(body, wrapper)
+    if failure is not None:
+        raise detached(failure)
 
 
 async def _open(provider: LiteLLMProvider, request: Request, args: dict[str, Any], clock: _Clock) -> Any:
@@ -320,10 +326,10 @@ async def _open(provider: LiteLLMProvider, request: Request, args: dict[str, Any
     try:
         return await _before(litellm().acompletion(**args), deadline)
     except _Expired:
-        parser = EventParser(provider.name, request.model, {}, None)
-        raise clock.error(kind, parser) from None
+        error: ModelwireError = clock.error(kind, EventParser(provider.name, request.model, {}, None))
     except Exception as exc:
-        raise map_exception(exc, provider=provider.name, model=request.model) from None
+        error = map_exception(exc, provider=provider.name, model=request.model)
+    raise error  # outside the handler: litellm's exception (it holds the key) stays unreachable
 
 
 def _finish(decoder: SSEDecoder, progress: _Progress) -> list[Any]:
