@@ -101,7 +101,7 @@ def _check_parts(where: str, role: str, parts: list[Any]) -> None:
 # is expected (True is an int in Python, never a temperature). llama.cpp answers a wrongly typed
 # value with a 500, which would be retried as a server error.
 _NUMBER = (int, float)
-_PARAMS: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
+_PARAMS: dict[str, tuple[tuple[type[int] | type[float], ...], float | None, float | None]] = {
     "temperature": (_NUMBER, 0, None),
     "top_p": (_NUMBER, 0, 1),
     "presence_penalty": (_NUMBER, None, None),
@@ -127,7 +127,8 @@ def check_params(params: dict[str, Any]) -> None:
         if isinstance(value, bool) or not isinstance(value, types):
             kind = "an integer" if types == (int,) else "a number"
             raise RequestValidationError(f"parameter {key!r} must be {kind}, got {type(value).__name__}: {value!r:.60}")
-        if (low is not None and value < low) or (high is not None and value > high):
+        number = float(value)
+        if (low is not None and number < low) or (high is not None and number > high):
             bounds = f">= {low}" if high is None else f"between {low} and {high}"
             raise RequestValidationError(f"parameter {key!r} must be {bounds}, got {value!r}")
     stop = params.get("stop")

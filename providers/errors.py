@@ -297,14 +297,14 @@ def map_exception(exc: BaseException, *, provider: str, model: str) -> e.Modelwi
     unsent = _build_failure(exc)
     if unsent is not None:
         detail = _short(f"{type(unsent).__name__}: {unsent}")
-        error = e.RequestValidationError(
+        refused = e.RequestValidationError(
             f"the request could not be built, nothing was sent ({detail}); check the messages and parameters",
             provider=provider,
             model=model,
             retryable=False,
         )
-        error.request_sent = False
-        return error
+        refused.request_sent = False
+        return refused
     headers = _headers_of(exc)
     raw_text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     text = _short(raw_text)

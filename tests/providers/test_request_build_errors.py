@@ -105,7 +105,8 @@ def test_content_parts_are_validated_before_the_network(
 
 
 def test_good_content_parts_pass(make_client: Any, server: FakeServer) -> None:
-    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+    image = {"url": "data:image/png;base64,AA=="}
+    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": image}]
     client = make_client()
     assert client.complete([{"role": "user", "content": parts}], model="local/m").text.startswith("echo: ")
     assert server.requests[0].json["messages"][0]["content"] == parts
