@@ -12,7 +12,7 @@ import pytest
 import modelwire
 from modelwire.plugins.cache import CacheMiddleware, cache_of
 from modelwire.plugins.cache.keys import canonical, default_key
-from modelwire.testing import FakeServer
+from modelwire.testing import FakeServer, capture_events
 from modelwire.types import Request
 
 MakeClient = Callable[..., modelwire.Client]
@@ -292,3 +292,47 @@ def test_middleware_is_registered_and_configurable(make_client: MakeClient) -> N
     client = cached_client(make_client, backend="null")
     assert isinstance(client.middleware[0], CacheMiddleware)
     assert client.middleware[0].describe()["backend"] == "null"
+
+
+# -- the canonical form: mixed-type dict keys, integral floats, stable otherwise ------------------------
+
+
+def params_key(**params: Any) -> str:
+    return default_key(Request("openai", "m", [{"role": "user", "content": "x"}], params), None, "ns")
+
+
+def test_dict_param_with_mixed_key_types_is_keyed_as_sent() -> None:
+    # JSON turns 1234 into "1234": both dicts are the same request on the wire, so one key
+    assert params_key(extra_body={"bias": {1234: -100, "5678": 50}}) == \
+        params_key(extra_body={"bias": {"1234": -100, "5678": 50}})
+    assert params_key(extra_body={"bias": {1234: -100, "a": 1}}) != params_key(extra_body={"bias": {1234: -50, "a": 1}})
+    with pytest.raises(modelwire.RequestValidationError, match=r"extra_body\.bias: keys 1 and '1'"):
+        params_key(extra_body={"bias": {1: 1, "1": 2}})  # the same JSON key twice: ambiguous
+
+
+def test_integral_floats_and_ints_share_a_key_other_keys_unchanged() -> None:
+    assert params_key(temperature=1) == params_key(temperature=1.0)
+    assert params_key(top_p=1.0, max_tokens=16.0) == params_key(top_p=1, max_tokens=16)
+    assert params_key(temperature=0.5) != params_key(temperature=1.0)
+    assert canonical({"t": [1.0, -0.0, 2.5, 1e300]}) == '{"t":[1,0,2.5,1e+300]}'
+    # inputs without integral floats or mixed keys keep their key text (no key version bump)
+    assert canonical({2: "a", 10: "b"}) == '{"2":"a","10":"b"}'
+    assert canonical({"b": [1, "é"], "a": None, "c": 0.25}) == '{"a":null,"b":[1,"é"],"c":0.25}'
+    assert params_key(temperature=0.7).startswith("v1:")
+
+
+async def test_mixed_keys_and_integral_floats_through_the_client(make_client: MakeClient, server: FakeServer) -> None:
+    client = cached_client(make_client)
+    first = await client.acomplete(MESSAGES, model="openai/gpt-4o", temperature=1.0)
+    again = await client.acomplete(MESSAGES, model="openai/gpt-4o", temperature=1)
+    assert not first.cached and again.cached and server.calls() == 1
+    assert isinstance(server.requests[0].json["temperature"], float)  # sent as given: 1.0
+    with pytest.raises(modelwire.RequestValidationError, match="opts"):
+        await client.acomplete(MESSAGES, model="openai/gpt-4o", extra_body={"opts": {1: "a", "1": "b"}})
+    # mixed key types no longer break the cache key (it was a TypeError in the pipeline); what
+    # the transport makes of such a body is its own business, the cache computed its key
+    with capture_events() as events, pytest.raises(modelwire.ModelwireError) as caught:
+        await client.acomplete(MESSAGES, model="openai/gpt-4o", extra_body={"opts": {7: "a", "b": 2}})
+    assert "TypeError" not in str(caught.value)
+    assert not [e for e in events if e["event"] == "cache.key_hook_failed"]
+    assert server.calls() == 1
