@@ -94,6 +94,8 @@ class AsyncStream:
         self.cached = False
         self.chunks = 0
         self.end_reason: str | None = None
+        #: Set by :meth:`SyncStream.close` from another thread before it cancels the pending read.
+        self._stop_requested = False
         self._final: dict[int, Completion] | None = None
 
     def __aiter__(self) -> AsyncStream:
@@ -113,7 +115,7 @@ class AsyncStream:
             self._fail(exc)
             raise
         except asyncio.CancelledError:
-            self._end("cancelled")
+            self._end("cancelled_by_consumer" if self._stop_requested else "cancelled")
             raise
         except Exception as exc:
             error = ProviderError(
@@ -315,15 +317,34 @@ class SyncStream:
 
     def __init__(self, stream: AsyncStream) -> None:
         self._stream = stream
+        self._closing = False
+        # The portal-loop task of a next() in flight: close() from another thread cancels it,
+        # since an async generator that is running cannot be closed (RuntimeError).
+        self._task: asyncio.Task[Any] | None = None
 
     def __iter__(self) -> SyncStream:
         return self
 
     def __next__(self) -> Chunk:
+        if self._closing:
+            raise StopIteration
         try:
-            return portal.run(self._stream.__anext__())
+            return portal.run(self._next())
         except StopAsyncIteration:
             raise StopIteration from None
+
+    async def _next(self) -> Chunk:
+        if self._closing:  # close() ran between the check in __next__ and this step on the loop
+            raise StopAsyncIteration
+        self._task = asyncio.current_task()
+        try:
+            return await self._stream.__anext__()
+        except asyncio.CancelledError:
+            if self._closing:  # our own close(): the stream ends, its end_reason says why
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._task = None
 
     @property
     def stream(self) -> AsyncStream:
@@ -380,8 +401,21 @@ class SyncStream:
         return self._stream.get_final_completions()
 
     def close(self) -> None:
-        """Stop early: closes the upstream response and frees its connection. Idempotent."""
-        portal.run(self._stream.aclose())
+        """Stop early: closes the upstream response and frees its connection. Idempotent.
+
+        Safe from any thread: a ``next()`` blocked in another thread ends with ``StopIteration``
+        (``end_reason`` is ``cancelled_by_consumer``) instead of waiting for the idle timeout.
+        """
+        self._closing = True
+        portal.run(self._aclose())
+
+    async def _aclose(self) -> None:
+        task = self._task  # read on the loop, where _next sets it: no race with a starting read
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            self._stream._stop_requested = True
+            task.cancel()
+            await asyncio.wait({task})
+        await self._stream.aclose()
 
     def __enter__(self) -> SyncStream:
         return self

@@ -403,3 +403,74 @@ async def test_stream_settings_from_provider_config(make_client, server: FakeSer
     client = stream_client(make_client, server, idle_timeout=12, first_token_timeout=34, max_stream_duration=56)
     config = client.providers["local"].config
     assert (config.idle_timeout, config.first_token_timeout, config.max_stream_duration) == (12, 34, 56)
+
+
+# -- issue 9 item 11: SyncStream.close() from another thread -------------------------------------
+
+
+def _consume_in_thread(stream: Any) -> tuple[threading.Thread, list[str], dict[str, Any], threading.Event]:
+    got: list[str] = []
+    outcome: dict[str, Any] = {}
+    arrived = threading.Event()
+
+    def consume() -> None:
+        try:
+            for c in stream:
+                got.append(c.text)
+                arrived.set()
+            outcome["end"] = "stopped"
+        except BaseException as exc:  # the test asserts on whatever ended the loop
+            outcome["end"] = exc
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    return thread, got, outcome, arrived
+
+
+def _wait_disconnects(server: FakeServer, count: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while server.disconnects < count and time.monotonic() < end:
+        time.sleep(0.02)
+    assert server.disconnects >= count, "the upstream connection was not closed"
+
+
+@pytest.mark.parametrize("before_first_chunk", [False, True], ids=["mid-stream", "before-first-chunk"])
+def test_sync_close_from_another_thread_stops_a_blocked_next(
+    make_client, server: FakeServer, before_first_chunk: bool
+) -> None:
+    events = [] if before_first_chunk else [chunk("a"), chunk("b")]
+    server.script(Reply(events=events, ending="stall"))  # then the server sends nothing, forever
+    client = stream_client(make_client, server, idle_timeout=30, first_token_timeout=30)
+    stream = client.stream("x", model="local/m")
+    thread, got, outcome, arrived = _consume_in_thread(stream)
+    if before_first_chunk:
+        deadline = time.monotonic() + 30
+        while server.calls() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        assert arrived.wait(30)
+    time.sleep(0.3)  # let the consumer block in next() on the stalled server
+    start = time.monotonic()
+    stream.close()  # raised RuntimeError (aclose(): asynchronous generator is already running)
+    thread.join(10)
+    # the idle/first-token timeout is 30 s: ending well within 10 s means close() ended it
+    assert not thread.is_alive() and time.monotonic() - start < 10
+    assert outcome["end"] == "stopped", outcome
+    assert got == ([] if before_first_chunk else ["a", "b"])
+    assert stream.end_reason == "cancelled_by_consumer"
+    _wait_disconnects(server, 1)
+    assert next(stream, None) is None  # closed stays closed
+    stream.close()  # idempotent
+    with pytest.raises(modelwire.ModelwireError, match="not finished"):
+        stream.get_final_completion()
+
+
+def test_sync_close_from_the_consuming_thread_still_works(make_client, server: FakeServer) -> None:
+    server.script(long_reply())
+    client = make_client()
+    with client.stream("x", model="local/m") as stream:
+        for _ in stream:
+            if stream.chunks == 3:
+                break
+    assert stream.end_reason == "cancelled_by_consumer" and stream.chunks == 3
+    _wait_disconnects(server, 1)
