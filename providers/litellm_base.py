@@ -39,17 +39,29 @@ _warm_lock = threading.Lock()
 # against the loopback server): the route's request building, the SDK's chat resources, response
 # and stream parsing. Importing them during warm-up keeps a first call free of imports.
 _FIRST_CALL_MODULES = (
-    "openai.resources.chat.completions",
+    "httpcore",
+    "httpcore._async.http11",
+    "httpcore._backends.anyio",
+    "h11",
+    "openai.resources.chat.chat",
+    "openai.resources.chat.completions.completions",
+    "openai.resources.chat.completions.messages",
+    "openai.types.chat.completions",
+    "openai.lib._chat_completion_resources",
     "openai.lib.streaming.chat",
     "jiter",
     "anyio._backends._asyncio",
     "litellm.llms.azure.chat.gpt_transformation",
+    "litellm.llms.azure.chat.gpt_reasoning_transformation",
+    "litellm.llms.azure.chat.o_series_transformation",
+    "litellm.llms.bedrock.chat.invoke_transformations.amazon_ai21_transformation",
     "litellm.litellm_core_utils.default_encoding",
     "litellm.types.litellm_core_utils.streaming_chunk_builder_utils",
     "litellm.litellm_core_utils.streaming_chunk_builder_utils",
     "litellm._service_logger",
     "litellm.proxy.spend_tracking.savings",
     "modelwire.providers.litellm_stream",
+    "modelwire.providers.transport",
 )
 
 
