@@ -151,7 +151,7 @@ def _plugins(client: Any, args: argparse.Namespace) -> int:
 
 
 def _config(client: Any, args: argparse.Namespace) -> int:
-    from .errors import redact
+    from .errors import redact, redact_mapping
 
     cfg = client.config
     shown: dict[str, Any] = {"source": cfg.source, "middleware": cfg.middleware, "default_model": cfg.default_model}
@@ -167,7 +167,8 @@ def _config(client: Any, args: argparse.Namespace) -> int:
     for mw, name in zip(client.middleware, cfg.middleware, strict=True):
         if mw.config is not None:
             shown[name] = mw.config.model_dump()
-    print(redact(json.dumps(shown, indent=2, default=str)))  # e.g. a password in a Redis URL
+    # credential headers in params, passwords in URLs (an unescaped "@" included), configured keys
+    print(redact(json.dumps(redact_mapping(shown), indent=2, default=str)))
     return 0
 
 

@@ -43,7 +43,9 @@ __all__ = [
     "StreamRepetitionError",
     "SyncCallError",
     "UnknownProviderError",
+    "is_secret_name",
     "redact",
+    "redact_mapping",
 ]
 
 # Bearer tokens, OpenAI-style keys and `key=`/`api-key:` pairs in URLs or echoed headers.
@@ -51,16 +53,70 @@ _SECRET = re.compile(
     r"(sk-[A-Za-z0-9_\-]{8,})|(Bearer\s+[A-Za-z0-9_\-\.]{8,})|((?:api[-_]?key|key)[=:]\s*[^\s&'\",]{6,})",
     re.IGNORECASE,
 )
-# The password in URLs such as redis://user:password@host (config values, connection errors).
-_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):[^/\s@]+@")
+# The password in URLs such as redis://user:password@host (config values, connection errors). The
+# password runs to the last "@" before the path: an unescaped "@" in it must not leave a tail shown.
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@\"']*):[^\s\"'/]*@")
+# Credential headers and fields, as "name: value", "name=value" or JSON ("name": "value").
+_NAMES = (
+    r"(?:proxy-)?authorization|ocp-apim-subscription-key|x-api-key|api[-_]?key|x-[a-z0-9-]*(?:key|token|secret)|cookie"
+)
+_HEADER = re.compile(
+    rf"""(?P<name>\b(?:{_NAMES}))(?P<sep>["']?\s*[:=]\s*)"""
+    r"""(?:(?P<q>["'])(?P<quoted>[^"'\n]*)(?P=q)|(?P<bare>(?:(?:bearer|basic|token)\s+)?[^\s"',&}]+))""",
+    re.IGNORECASE,
+)
+_SECRET_NAMES = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "x-api-key", "ocp-apim-subscription-key", "cookie",
+     "set-cookie", "password", "secret", "client-secret", "access-token", "refresh-token"}
+)
 _secrets: set[str] = set()
 
 
 def redact(text: str) -> str:
-    """Remove API keys (the configured ones and anything key-shaped) and URL passwords from ``text``."""
+    """Remove API keys (the configured ones and anything key-shaped), credential headers and URL
+    passwords from ``text``.
+
+    >>> redact('{"api-key": "abc123", "url": "redis://u:p@ss@host:6379/0"}')
+    '{"api-key": "***", "url": "redis://u:***@host:6379/0"}'
+    """
     for secret in _secrets:
         text = text.replace(secret, "***")
+    text = _HEADER.sub(_mask_header, text)
     return _URL_PASSWORD.sub(r"\1:***@", _SECRET.sub("***", text))
+
+
+def _mask_header(match: re.Match[str]) -> str:
+    value = match.group("quoted") if match.group("q") else match.group("bare")
+    if value.startswith("***") or value == "(unset)":  # already masked (modelwire config's own marks)
+        return match.group(0)
+    quote = match.group("q") or ""
+    return f"{match.group('name')}{match.group('sep')}{quote}***{quote}"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a header or field called ``name`` holds a credential (``api-key``, ``Authorization``,
+    ``Ocp-Apim-Subscription-Key``, ``x-...-token``...); ``*_env`` names hold a variable name."""
+    key = name.strip().lower().replace("_", "-")
+    if key.endswith("-env"):
+        return False
+    return key in _SECRET_NAMES or key.endswith(("-key", "-token", "-secret", "-password"))
+
+
+def redact_mapping(value: Any) -> Any:
+    """A copy of ``value`` (dicts and lists, recursively) with credential-named entries masked and
+    every string passed through :func:`redact`."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if isinstance(k, str) and is_secret_name(k) and _maskable(v) else redact_mapping(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_mapping(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
+
+
+def _maskable(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and (value.startswith("***") or value == "(unset)"))
 
 
 def remember_secret(secret: str) -> None:

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from . import portal
-from .errors import RequestValidationError
+from .errors import RequestValidationError, is_secret_name, remember_secret
 from .types import Chunk, Completion, Request
 
 __all__ = ["CheckResult", "Provider", "ProviderConfig", "StreamSettings"]
@@ -46,6 +46,30 @@ class ProviderConfig(BaseModel):
     #: Off by default: llama.cpp's server ends a stream it preempts exactly that way.
     accept_done_without_finish_reason: bool = False
     params: dict[str, Any] = {}
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # Anything else fails only at call time, deep in the transport (a URL-encoding error).
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if not sep or scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in value):
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _remember_header_secrets(self) -> ProviderConfig:
+        # Credentials in configured headers (Azure APIM's Ocp-Apim-Subscription-Key, a gateway's
+        # x-api-key...) are masked by redact() wherever they would show: errors, logs, `config`.
+        for field in ("extra_headers", "headers"):
+            headers = self.params.get(field)
+            if isinstance(headers, dict):
+                for name, value in headers.items():
+                    if isinstance(name, str) and isinstance(value, str) and is_secret_name(name):
+                        remember_secret(value.removeprefix("Bearer ").removeprefix("Basic "))
+        return self
 
 
 class StreamSettings(BaseModel):

@@ -115,3 +115,59 @@ async def test_b10_sentinel_key_never_leaks(make_client: Any, server: FakeServer
     printed = capfd.readouterr()
     found += [line for line in (printed.out + printed.err).splitlines() if SENTINEL_KEY in line]
     assert found == []
+
+
+# -- issue 9 item 8: `modelwire config` ("secrets masked") and log text ----------------------------
+
+HEADER_SECRETS = {
+    "api-key": "hdr-secret-api-key-111",
+    "x-api-key": "hdr-secret-x-api-key-222",
+    "Ocp-Apim-Subscription-Key": "hdr-secret-apim-333",
+    "Authorization": "Basic hdr-secret-basic-444",
+}
+REDIS_PASSWORD = "p@ss@w0rd-555"
+
+
+def test_config_command_masks_header_credentials_and_url_passwords(server: FakeServer, tmp_path: Any) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    headers = ", ".join(f'"{k}" = "{v}"' for k, v in HEADER_SECRETS.items())
+    config = tmp_path / "modelwire.toml"
+    config.write_text(
+        'middleware = ["cache"]\n'
+        f'[providers.local]\nkind = "openai_compatible"\napi_base = "{server.openai_url}"\n'
+        f'params = {{ extra_headers = {{ {headers}, "X-Trace" = "visible-trace" }} }}\n'
+        f'[cache]\nbackend = "redis"\nurl = "redis://default:{REDIS_PASSWORD}@127.0.0.1:6390/0"\n'
+    )
+    env = {**os.environ, "OPENAI_API_KEY": SENTINEL_KEY, "MODELWIRE_CONFIG": str(config)}
+    done = subprocess.run([sys.executable, "-m", "modelwire.cli", "config"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout + done.stderr
+    secrets = [*HEADER_SECRETS.values(), "hdr-secret-basic-444", REDIS_PASSWORD, "p@ss", "w0rd-555", SENTINEL_KEY]
+    assert [s for s in secrets if s in out] == []
+    shown = json.loads(done.stdout)
+    sent = shown["providers"]["local"]["params"]["extra_headers"]
+    assert sent == {**dict.fromkeys(HEADER_SECRETS, "***"), "X-Trace": "visible-trace"}
+    assert shown["cache"]["url"] == "redis://default:***@127.0.0.1:6390/0"  # the host stays readable
+
+
+def test_configured_header_credentials_are_masked_in_errors_and_logs(make_client: Any, server: FakeServer) -> None:
+    client = make_client(providers={"local": {"kind": "openai_compatible", "api_base": server.openai_url,
+                                              "params": {"extra_headers": HEADER_SECRETS}}})
+    echo = " ".join(HEADER_SECRETS.values())
+    server.script(Reply.error(400, f"gateway rejected headers: {echo}", type="invalid_request_error"))
+    with capture_events() as logs, pytest.raises(modelwire.BadRequestError) as info:
+        client.complete("hi", model="local/m")
+    assert server.requests[0].headers["ocp-apim-subscription-key"] == "hdr-secret-apim-333"  # really sent
+    texts = leaks_of(info.value, HEADER_SECRETS.values()) + [repr(e) for e in logs if "hdr-secret" in repr(e)]
+    assert texts == []
+    assert "***" in info.value.message
+
+
+def leaks_of(exc: BaseException, secrets: Any) -> list[str]:
+    texts = [str(exc), repr(exc), str(getattr(exc, "body", "")), "".join(traceback.format_exception(exc))]
+    return [t for t in texts for s in secrets if s in t]

@@ -108,3 +108,86 @@ def test_huge_payload_refused_before_network(make_client, server: FakeServer) ->
     with pytest.raises(PayloadTooLargeError):
         make_client(max_request_bytes=1000).complete("y" * 2000, model="local/m")
     assert server.calls() == 0
+
+
+# -- issue 9, P2: bad input that used to reach the server ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ("   \n\t", "the prompt is blank"),
+        ([{"role": "user", "content": ""}], "messages[0].content (user) is an empty string"),
+        ([{"role": "user", "content": "  "}], "messages[0].content (user) is blank"),
+        ([{"role": "system", "content": "s"}, {"role": "user", "content": "\n"}],
+         "messages[1].content (user) is blank"),
+    ],
+)
+def test_blank_prompts_and_empty_content(make_client, server: FakeServer, messages: object, fragment: str) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        make_client().complete(messages, model="local/m")
+    assert fragment in str(info.value)
+    assert server.calls() == 0
+
+
+def test_empty_assistant_and_tool_turns_are_allowed(make_client, server: FakeServer) -> None:
+    messages = [
+        {"role": "user", "content": "call it"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": ""},
+        {"role": "user", "content": "and now?"},
+    ]
+    assert make_client().complete(messages, model="local/m").text == "echo: and now?"
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"max_tokens": -1}, "'max_tokens' must be >= 1"),
+        ({"max_tokens": 0}, "'max_tokens' must be >= 1"),
+        ({"max_tokens": "100"}, "'max_tokens' must be an integer, got str"),
+        ({"max_completion_tokens": 2.5}, "'max_completion_tokens' must be an integer"),
+        ({"temperature": "hot"}, "'temperature' must be a number, got str"),
+        ({"temperature": True}, "'temperature' must be a number, got bool"),
+        ({"temperature": -0.5}, "'temperature' must be >= 0"),
+        ({"top_p": "1"}, "'top_p' must be a number"),
+        ({"top_p": 1.5}, "'top_p' must be between 0 and 1"),
+        ({"n": 0}, "'n' must be >= 1"),
+        ({"n": "2"}, "'n' must be an integer"),
+        ({"seed": 1.5}, "'seed' must be an integer"),
+        ({"presence_penalty": "high"}, "'presence_penalty' must be a number"),
+        ({"frequency_penalty": [1]}, "'frequency_penalty' must be a number"),
+        ({"stop": 5}, "'stop' must be a string or a list of strings"),
+        ({"stop": ["a", 5]}, "'stop' must be a string or a list of strings"),
+        ({"logit_bias": {"hello": 1}}, "'logit_bias' key 'hello' is not a token id"),
+        ({"logit_bias": {"12": "x"}}, "'logit_bias' value for token '12' must be a number"),
+        ({"logit_bias": [1, 2]}, "'logit_bias' must be a dict"),
+        ({"extra_headers": {"x-n": 5}}, "'extra_headers' must be a dict of strings"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_wrongly_typed_parameters(make_client, server: FakeServer, params: dict, fragment: str, stream: bool) -> None:
+    # llama.cpp answered temperature="hot" with a 500, which was then retried as a server error
+    client = make_client(middleware=["retry"], retry={"base_delay": 0})
+    with pytest.raises(RequestValidationError) as info:
+        if stream:
+            client.stream("hi", model="local/m", **params)
+        else:
+            client.complete("hi", model="local/m", **params)
+    assert fragment in str(info.value)
+    assert server.calls() == 0
+
+
+def test_good_parameters_pass(make_client, server: FakeServer) -> None:
+    make_client().complete("hi", model="local/m", temperature=1, top_p=0.5, n=1, max_tokens=5, seed=7,
+                           presence_penalty=-1.5, frequency_penalty=0.0, stop=["\n"], logit_bias={"50256": -100})
+    assert server.requests[0].json["temperature"] == 1 and server.requests[0].json["stop"] == ["\n"]
+
+
+@pytest.mark.parametrize("api_base", ["127.0.0.1:8000/v1", "ftp://host/v1", "http://", "localhost", "http://a b/v1"])
+def test_api_base_must_be_an_http_url_at_construction(make_client, server: FakeServer, api_base: str) -> None:
+    with pytest.raises(modelwire.ConfigurationError) as info:
+        make_client(providers={"local": {"kind": "openai_compatible", "api_base": api_base}})
+    assert "providers.local.api_base" in str(info.value) and "http://" in str(info.value)
+    assert server.calls() == 0
