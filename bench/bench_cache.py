@@ -1,8 +1,14 @@
 """Cache hit latency: modelwire's memory and Redis backends through ``Client.acomplete``, side by
 side with litellm's own in-memory cache hit on the same request against the same loopback server.
 
-Run: ``.venv/bin/python bench/bench_cache.py`` (about 20 s). Targets: memory hit p50 <= 50 us
-and >= 10x faster than litellm's cache hit; Redis hit on loopback p50 <= 1 ms.
+Run: ``.venv/bin/python bench/bench_cache.py`` (about 1 minute; ``--quick`` for smaller runs).
+Targets: memory hit p50 <= 50 us and >= 10x faster than litellm's cache hit; Redis hit on
+loopback p50 <= 1 ms. Then two figures that tests do not assert (they depend on the machine):
+
+- event-loop lag while 200 concurrent cached requests run, memory vs file vs Redis backend
+  (the file and Redis calls run in worker threads; tests assert that by thread, test_c16);
+- peak RSS growth of one 100k-chunk stream with the cache on (default ``max_value_bytes``, so
+  the stream is too large to store and stops being buffered) vs off, each in a fresh process.
 
 litellm's cache-hit path (litellm 1.110) imports ``litellm.proxy`` modules that need fastapi,
 orjson, soundfile and numpy, which are not dependencies of modelwire (nor of litellm's base
@@ -165,5 +171,98 @@ async def main() -> int:
     return 0
 
 
+# -- loop lag with blocking backends; memory of a long stream with the cache on and off ----------------
+
+
+async def loop_lag(label: str, config: dict[str, Any], base: str, n: int, rounds: int = 10) -> None:
+    from bench_stream import _lag_probe
+
+    client = modelwire.Client(config={"middleware": ["cache"], "cache": {"timeout": 5.0, **config},
+                                      "providers": {"openai": {"api_base": base}}})
+    prompts = [f"question {i}" for i in range(20)]
+    await asyncio.gather(*[client.acomplete(p, model="openai/gpt-4o") for p in prompts])  # stored
+    lags: list[float] = []
+    probe = asyncio.create_task(_lag_probe(lags))
+    await asyncio.sleep(0.05)
+    hits = 0
+    for _ in range(rounds):  # rounds of n concurrent hits: the probe gets enough ticks
+        results = await asyncio.gather(*[client.acomplete(prompts[i % 20], model="openai/gpt-4o") for i in range(n)])
+        hits += sum(r.cached for r in results)
+    await asyncio.sleep(0.02)
+    probe.cancel()
+    lags.sort()
+    ms = [1000 * lags[int(q * (len(lags) - 1))] for q in (0.5, 0.99, 1.0)]
+    print(f"{label:<42} {rounds} x {n} concurrent hits: loop lag p50 {ms[0]:5.1f} ms  p99 {ms[1]:5.1f} ms  "
+          f"max {ms[2]:5.1f} ms  (hits {hits}/{rounds * n})")
+    await client.aclose()
+
+
+async def _long_stream_rss(cache: bool, base: str, chunks: int) -> dict[str, Any]:
+    """In a fresh process: peak RSS growth while reading one ``chunks``-chunk stream."""
+    from bench_stream import _rss_mb, modelwire_stream, prompt
+
+    client = modelwire.Client(config={"middleware": ["cache"] if cache else [], "providers": {
+        "local": {"kind": "openai_compatible", "api_base": base}}})
+    await modelwire_stream(client, prompt(50))  # litellm imported, pools open
+    before = _rss_mb("VmRSS:")
+    got = await modelwire_stream(client, prompt(chunks))
+    assert got == chunks, got
+    out: dict[str, Any] = {"growth_mb": _rss_mb("VmHWM:") - before}
+    if cache:
+        out["skipped"] = dict(cache_of(client).metrics.skipped)
+    return out
+
+
+def long_stream_rss(cache: bool, base: str, chunks: int) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import asyncio, json, bench_cache as b; "
+            f"print(json.dumps(asyncio.run(b._long_stream_rss({cache!r}, {base!r}, {chunks}))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def figures(quick: bool) -> None:
+    import tempfile
+
+    from bench_stream import start_server
+
+    proc, base = start_server()
+    try:
+        print("\nEvent-loop lag (a 10 ms ticker) during concurrent cache hits")
+        n = 100 if quick else 200
+        await loop_lag("memory backend", {"backend": "memory"}, base, n)
+        with tempfile.TemporaryDirectory() as tmp:
+            await loop_lag("file backend (worker threads)", {"backend": "file", "path": f"{tmp}/c"}, base, n)
+        try:
+            redis_srv: RedisServer | None = RedisServer().start()
+        except FileNotFoundError as exc:
+            redis_srv = None
+            print(f"redis: skipped ({exc})")
+        if redis_srv is not None:
+            try:
+                await loop_lag("redis backend (worker threads, loopback)", {"backend": "redis", "url": redis_srv.url},
+                               base, n)
+            finally:
+                redis_srv.stop()
+        chunks = 20_000 if quick else 100_000
+        print(f"\nOne {chunks:,}-chunk stream, peak RSS growth in a fresh process")
+        off = long_stream_rss(False, base, chunks)
+        on = long_stream_rss(True, base, chunks)
+        print(f"   cache off : {off['growth_mb']:6.1f} MB")
+        print(f"   cache on  : {on['growth_mb']:6.1f} MB  (not stored: {on['skipped']})")
+    finally:
+        proc.terminate()
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    quick = "--quick" in sys.argv
+    code = 0 if "--figures-only" in sys.argv else asyncio.run(main())
+    asyncio.run(figures(quick))
+    sys.exit(code)
