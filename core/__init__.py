@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .hookspecs import hookimpl
-from .types import Chunk, Completion, LimitSpec, Request, ToolCallDelta, Usage
+from .types import Chunk, Completion, Embeddings, LimitSpec, Request, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -32,6 +32,7 @@ __all__ = [
     "Chunk",
     "Client",
     "Completion",
+    "Embeddings",
     "LimitSpec",
     "Middleware",
     "MiddlewareContext",
@@ -43,6 +44,7 @@ __all__ = [
     "Usage",
     "complete",
     "default_client",
+    "embed",
     "hookimpl",
     "stream_complete",
     *_errors_all,
@@ -94,6 +96,15 @@ def complete(prompt: Any, **options: Any) -> str:
     :param options: ``model=...`` and any parameter :meth:`Client.complete` takes.
     """
     return default_client().complete(prompt, **options).text
+
+
+def embed(texts: Any, **options: Any) -> list[list[float]]:
+    """Embed ``texts`` on the default client and return the vectors, in input order.
+
+    :param options: ``model=...`` (default ``openai/text-embedding-3-small``) and any parameter
+        :meth:`Client.embed` takes.
+    """
+    return default_client().embed(texts, **options).vectors
 
 
 def stream_complete(prompt: Any, **options: Any) -> Iterator[str]:

@@ -26,18 +26,20 @@ from .errors import (
 from .log import logger
 from .middleware import (
     CallNext,
+    CallNextEmbed,
     CallNextStream,
     Middleware,
     MiddlewareContext,
     aclose_stream,
     build_chain,
+    build_embed_chain,
     check_options,
     check_paths,
 )
 from .provider import CheckResult, Provider
 from .registry import Registry, build_registry
 from .stream import AsyncStream, SyncStream
-from .types import Chunk, Completion, Request
+from .types import Chunk, Completion, Embeddings, Request
 from .validate import check_params, check_serializable, normalize_messages
 
 __all__ = ["Client"]
@@ -81,6 +83,10 @@ class Client:
         self._call, self._call_stream = build_chain(
             list(zip(names, self.middleware, strict=True)), self._attempt, self._attempt_stream
         )
+        self._call_embed: CallNextEmbed = build_embed_chain(
+            list(zip(names, self.middleware, strict=True)), self._attempt_embed
+        )
+        self._embed_skips_noted = False
         self.hook.modelwire_client_created(client=self)  # per-client plugin state (cost, stats)
         if self.config.preload:
             # Not a daemon: a thread killed mid-import at exit can deadlock finalizers that import.
@@ -156,16 +162,8 @@ class Client:
         **params: Any,
     ) -> Request:
         """Build and validate a :class:`Request`; every problem is raised here, before any I/O."""
-        model = model or self.config.default_model
-        if not model:
-            raise RequestValidationError("no model given and no default_model configured")
-        name, _, model_name = model.partition("/")
-        if not name or not model_name:
-            raise UnknownProviderError(
-                f"model {model!r} must be addressed as 'provider/model' (e.g. 'openai/gpt-4o', 'azure/<deployment>')",
-                model=model,
-            )
-        provider = self.provider(name)
+        provider, model_name = self.resolve(model or self.config.default_model)
+        name = provider.name
         messages = normalize_messages(prompt)
         check_options(options, self.registry.middleware, provider.config)
         size = check_serializable(messages, params)
@@ -182,6 +180,18 @@ class Client:
             prepare(request)
         self.hook.modelwire_request_prepare(request=request)
         return request
+
+    def resolve(self, model: str | None) -> tuple[Provider, str]:
+        """The provider instance and model name of a ``provider/model`` address."""
+        if not model:
+            raise RequestValidationError("no model given and no default_model configured")
+        name, _, model_name = model.partition("/")
+        if not name or not model_name:
+            raise UnknownProviderError(
+                f"model {model!r} must be addressed as 'provider/model' (e.g. 'openai/gpt-4o', 'azure/<deployment>')",
+                model=model,
+            )
+        return self.provider(name), model_name
 
     async def acomplete(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> Completion:
         """Complete ``prompt`` (a string or OpenAI-style messages) with ``model``.
@@ -216,6 +226,47 @@ class Client:
     def stream(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> SyncStream:
         """Blocking :meth:`astream`: a real stream, pulled chunk by chunk."""
         return SyncStream(self.astream(prompt, model=model, **kwargs))
+
+    async def aembed(
+        self, texts: Any, *, model: str | None = None, options: dict[str, Any] | None = None, **params: Any
+    ) -> Embeddings:
+        """Embed ``texts`` (a list of non-empty strings) with ``model`` (default
+        ``openai/text-embedding-3-small``); one vector per text, in input order.
+
+        Extra keyword arguments are provider parameters (``dimensions``, ``user``...);
+        ``options`` are per-call middleware settings. See docs/embeddings.md.
+        """
+        from . import embeddings
+
+        return await embeddings.run(self, embeddings.prepare(self, texts, model, options, params))
+
+    def embed(
+        self, texts: Any, *, model: str | None = None, options: dict[str, Any] | None = None, **params: Any
+    ) -> Embeddings:
+        """Blocking :meth:`aembed`."""
+        from . import embeddings
+
+        requests = embeddings.prepare(self, texts, model, options, params)  # errors in the caller's thread
+        return portal.run(embeddings.run(self, requests))
+
+    async def embed_prepared(self, request: Request) -> Embeddings:
+        """Run one prepared embeddings batch through the embeddings chain and the observers."""
+        if not self._embed_skips_noted:
+            self._embed_skips_noted = True
+            skipped = [n for n, mw in zip(self.config.middleware, self.middleware, strict=True)
+                       if "embeddings" not in type(mw).applies_to]
+            if skipped:  # declared chat-only: said once, so it is never a silent pass-by
+                logger.info("embed.middleware_skipped", middleware=skipped, reason="declared for chat only")
+        start = perf_counter()
+        try:
+            response = await self._call_embed(request)
+        except ModelwireError:
+            raise
+        except Exception as exc:
+            raise _internal(exc, request) from exc
+        self.notify(self.hook.modelwire_response_received, request=request, response=response,
+                    latency=perf_counter() - start)
+        return response
 
     def check(self, provider: str) -> CheckResult:
         """Check that ``provider`` is reachable and its credentials work; never raises for
@@ -271,6 +322,13 @@ class Client:
         start = perf_counter()
         try:
             return await self.provider(request.provider).acomplete(request)
+        except BaseException as exc:
+            raise self._failed(request, exc, start) from None
+
+    async def _attempt_embed(self, request: Request) -> Embeddings:
+        start = perf_counter()
+        try:
+            return await self.provider(request.provider).aembed(request)
         except BaseException as exc:
             raise self._failed(request, exc, start) from None
 

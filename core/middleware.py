@@ -12,6 +12,14 @@ A middleware is never skipped silently: one that implements one path but not the
 building the Client fail (:func:`check_paths`), unless it declares ``applies_to = ("whole",)``
 (or ``("stream",)``), in which case the other path passes by it untouched, by declaration.
 
+Embeddings (``client.embed``) take the chain too, but only through the middleware that declare
+``"embeddings"`` in ``applies_to`` (cache, retry, ratelimit, fallback, circuit do). Those get
+``ahandle_embed``, which by default is ``ahandle`` with ``request.operation == "embeddings"``
+(right for a middleware that only passes the request on and looks at errors); override it when
+the meaning differs (the cache stores one entry per text). A middleware that does not list
+``"embeddings"`` understands chat only: embeddings pass by it, by declaration, and
+``modelwire plugins`` lists it as ``operations: chat``. See docs/embeddings.md.
+
 A middleware written against a blocking library may implement the sync ``handle`` instead of
 ``ahandle``: it then runs in a worker thread with a blocking ``call_next``. Streams have no sync
 twin: the sync client drives the same async chain (see :mod:`modelwire.portal`).
@@ -23,25 +31,29 @@ import asyncio
 import difflib
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from pydantic import BaseModel
 
 from .config import validate_section
 from .errors import ConfigurationError, PluginError, RequestValidationError
 from .provider import StreamSettings
-from .types import Chunk, Completion, Request
+from .types import Chunk, Completion, Embeddings, Request
 
 __all__ = [
+    "EMBEDDINGS",
     "PATHS",
     "CallNext",
+    "CallNextEmbed",
     "CallNextStream",
     "Middleware",
     "MiddlewareContext",
     "aclose_stream",
     "build_chain",
+    "build_embed_chain",
     "check_options",
     "check_paths",
+    "operations",
 ]
 
 #: The two paths a request can take through the chain.
@@ -49,6 +61,10 @@ PATHS = ("whole", "stream")
 
 CallNext = Callable[[Request], Coroutine[Any, Any, Completion]]
 CallNextStream = Callable[[Request], AsyncIterator[Chunk]]
+CallNextEmbed = Callable[[Request], Coroutine[Any, Any, Embeddings]]
+
+#: The ``applies_to`` entry of a middleware that handles ``client.embed`` requests too.
+EMBEDDINGS = "embeddings"
 
 
 class MiddlewareContext:
@@ -82,6 +98,8 @@ class Middleware:
     Options: ClassVar[type[BaseModel] | None] = None
     #: The paths this middleware acts on. Declare ``("whole",)`` for a middleware that has
     #: nothing to do on streams (they then pass by it untouched), ``("stream",)`` for the reverse.
+    #: Add ``"embeddings"`` when it handles embeddings requests (see :meth:`ahandle_embed`);
+    #: without it, the middleware is declared chat-only and embeddings pass by it.
     applies_to: ClassVar[tuple[str, ...]] = PATHS
 
     def __init__(self, config: Any, context: MiddlewareContext) -> None:
@@ -113,6 +131,16 @@ class Middleware:
     def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
         return call_next(request)
 
+    async def ahandle_embed(self, request: Request, call_next: CallNextEmbed) -> Embeddings:
+        """Handle an embeddings request (``request.operation == "embeddings"``, texts in
+        ``request.params["input"]``); called only when ``applies_to`` lists ``"embeddings"``.
+
+        The default runs :meth:`ahandle` (or the sync ``handle``) with the embeddings request: what
+        ``call_next`` returns, an :class:`~modelwire.Embeddings`, comes back through it unchanged.
+        """
+        response = await self.ahandle(request, cast(CallNext, call_next))
+        return cast(Embeddings, response)
+
     async def aclose(self) -> None:
         """Release resources (connections, threads) when the client closes."""
 
@@ -143,8 +171,10 @@ def check_paths(name: str, cls: type[Any], origin: str = "?") -> None:
     """
     applies = tuple(getattr(cls, "applies_to", PATHS))
     who = f"middleware {name!r} ({cls.__qualname__} from plugin {origin})"
-    if not applies or set(applies) - set(PATHS):
-        raise ConfigurationError(f"{who}: applies_to must name 'whole', 'stream' or both, got {applies!r}")
+    if not applies or set(applies) - {*PATHS, EMBEDDINGS}:
+        raise ConfigurationError(
+            f"{who}: applies_to must name 'whole', 'stream' and/or 'embeddings', got {applies!r}"
+        )
     whole = _overrides(cls, "ahandle") or _overrides(cls, "handle")
     stream = _overrides(cls, "ahandle_stream")
     if "stream" in applies and whole and not stream:
@@ -181,6 +211,40 @@ def build_chain(
                 else functools.partial(_stream_step, name, on_request, mw.ahandle_stream, call_stream)
             )
     return call, call_stream
+
+
+def operations(cls: type[Any]) -> list[str]:
+    """What a middleware class handles, as ``modelwire plugins`` shows it: ``chat`` (when it
+    applies to a chat path) and ``embeddings`` (when declared)."""
+    applies = tuple(getattr(cls, "applies_to", PATHS))
+    return [op for op, on in (("chat", bool(set(applies) & set(PATHS))), (EMBEDDINGS, EMBEDDINGS in applies)) if on]
+
+
+def build_embed_chain(middleware: Sequence[tuple[str, Middleware]], call: CallNextEmbed) -> CallNextEmbed:
+    """The embeddings chain: ``call`` wrapped in the middleware that declare ``"embeddings"``,
+    first = outermost, each with its ``on_request`` applied first when it has one."""
+    for name, mw in reversed(middleware):
+        if EMBEDDINGS not in type(mw).applies_to:
+            continue
+        on_request = mw.on_request if _overrides(type(mw), "on_request") else None
+        call = (
+            functools.partial(mw.ahandle_embed, call_next=call)
+            if on_request is None
+            else functools.partial(_embed_step, name, on_request, mw.ahandle_embed, call)
+        )
+    return call
+
+
+async def _embed_step(
+    name: str, on_request: Callable[[Request], Any], handle: Callable[..., Any], call_next: CallNextEmbed,
+    request: Request,
+) -> Embeddings:
+    changed = await _prepared(name, on_request, request)
+    try:
+        response: Embeddings = await handle(changed, call_next)
+        return response
+    finally:
+        request.attempt = changed.attempt
 
 
 async def _prepared(name: str, on_request: Callable[[Request], Any], request: Request) -> Request:

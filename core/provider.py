@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from . import portal
 from .errors import RequestValidationError, is_secret_name, remember_secret
-from .types import Chunk, Completion, Request
+from .types import Chunk, Completion, Embeddings, Request
 
 __all__ = ["CheckResult", "Provider", "ProviderConfig", "StreamSettings"]
 
@@ -45,6 +45,11 @@ class ProviderConfig(BaseModel):
     #: Accept ``data: [DONE]`` after content as the end of a stream that sent no finish_reason.
     #: Off by default: llama.cpp's server ends a stream it preempts exactly that way.
     accept_done_without_finish_reason: bool = False
+    #: Most texts per embeddings request; None = the kind's default (256 for openai and azure,
+    #: 64 for openai_compatible servers: docs/embeddings.md says why).
+    embed_batch_size: int | None = Field(None, ge=1)
+    #: Embeddings requests of one ``embed()`` call in flight at once.
+    embed_concurrency: int = Field(4, ge=1)
     params: dict[str, Any] = {}
 
     @field_validator("api_base")
@@ -125,6 +130,8 @@ class Provider:
 
     #: pydantic model of this kind's config section; a subclass may narrow it.
     Config: ClassVar[type[ProviderConfig]] = ProviderConfig
+    #: Texts per embeddings request when the config sets no ``embed_batch_size``.
+    default_embed_batch_size: ClassVar[int] = 256
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
@@ -148,6 +155,12 @@ class Provider:
 
     def stream(self, request: Request) -> Iterator[Chunk]:
         return portal.iterate(self.astream(request))
+
+    async def aembed(self, request: Request) -> Embeddings:
+        """Embed ``request.params["input"]`` (a list of at most ``embed_batch_size`` texts) in
+        one upstream call; vectors in input order. A kind that does not override it has no
+        embeddings: ``client.embed`` refuses it before any network call."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement aembed")
 
     async def awarmup(self) -> None:
         """Load what a first call needs (imports, pools) without blocking the loop; idempotent.

@@ -1,12 +1,15 @@
-"""The values that travel through the pipeline: Request in, Completion or Chunks out."""
+"""The values that travel through the pipeline: Request in, Completion, Chunks or Embeddings out."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Chunk", "Completion", "LimitSpec", "Request", "ToolCallDelta", "Usage"]
+__all__ = ["Chunk", "Completion", "Embeddings", "LimitSpec", "Operation", "Request", "ToolCallDelta", "Usage"]
+
+#: What a request asks for: a chat completion (whole or streamed) or embeddings of texts.
+Operation = Literal["chat", "embeddings"]
 
 
 @dataclass(slots=True)
@@ -77,6 +80,10 @@ class Request:
     convention ``state["log"]`` holds extra fields for the log events and
     ``state["served_by"]`` the ``(provider, model)`` that actually answered when a middleware
     (fallback) sent the request elsewhere.
+
+    ``operation`` is ``"chat"`` (``messages`` hold the conversation) or ``"embeddings"``
+    (``messages`` is empty and ``params["input"]`` holds the list of texts; the chain answers
+    with :class:`Embeddings`). See docs/embeddings.md.
     """
 
     provider: str
@@ -87,6 +94,7 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     state: dict[str, Any] = field(default_factory=dict)
+    operation: Operation = "chat"
 
     @property
     def target(self) -> str:
@@ -172,6 +180,36 @@ class Completion:
     #: unknown, 0.0 for a cache hit (what the hit saved goes to ``client.stats()`` and the log
     #: event as ``saved_cost``). See docs/observability.md.
     cost: float | None = None
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The answer to ``client.embed(texts)``: one vector per text, in input order.
+
+    ``usage`` counts what the provider was asked for in this call (texts served from the cache
+    cost nothing and are not in it); ``from_cache[i]`` says whether ``vectors[i]`` came from the
+    cache, and ``cached`` is True when every vector did (no upstream call at all), the same
+    meaning as :attr:`Completion.cached` for the observers (cost, stats, logging).
+
+    >>> e = Embeddings([[0.1, 0.2]], model="text-embedding-3-small", provider="openai")
+    >>> len(e), e.vectors[0]
+    (1, [0.1, 0.2])
+    """
+
+    vectors: list[list[float]]
+    model: str
+    provider: str
+    usage: Usage | None = None
+    from_cache: list[bool] = field(default_factory=list)
+    cached: bool = False
+    #: litellm's EmbeddingResponse for one upstream call; None when the answer was put together
+    #: from several calls or from the cache.
+    raw: Any = None
+    #: USD, set by the ``cost`` plugin like :attr:`Completion.cost`.
+    cost: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.vectors)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from modelwire.errors import (
 )
 from modelwire.log import logger
 from modelwire.provider import CheckResult, Provider, ProviderConfig, StreamSettings
-from modelwire.types import Chunk, Completion, Request, Usage
+from modelwire.types import Chunk, Completion, Embeddings, Request, Usage
 
 from .errors import map_exception
 from .transport import ATTEMPT_HEADER, Transports
@@ -270,6 +270,12 @@ class LiteLLMProvider(Provider):
             tool_calls=tool_calls,
             raw=response,
         )
+
+    async def aembed(self, request: Request) -> Embeddings:
+        """Embed through ``litellm.aembedding`` (:mod:`modelwire.providers.litellm_embed`)."""
+        from .litellm_embed import aembed
+
+        return await aembed(self, request)
 
     async def astream(self, request: Request) -> AsyncIterator[Chunk]:
         """Stream through litellm; faults, timeouts and cleanup: :mod:`modelwire.providers.litellm_stream`.

@@ -23,6 +23,9 @@ class OpenAICompatibleProvider(LiteLLMProvider):
 
     default_key_env = None
     key_required = False
+    # A local server embeds a batch in one forward pass bounded by its own batch size (llama.cpp's
+    # --ubatch-size, vLLM's max_num_seqs): smaller requests avoid its 500s and timeouts.
+    default_embed_batch_size = 64
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         if not config.api_base:

@@ -2,8 +2,9 @@
 
 It is a raw asyncio HTTP/1.1 server (no framework, so it can lie): it records every request,
 answers chat completions (OpenAI ``/v1/chat/completions``, Azure
-``/openai/deployments/<d>/chat/completions?api-version=...``) and model listings, and plays
-scripted :class:`Reply` objects first. It runs on its own event loop in a daemon thread, so sync
+``/openai/deployments/<d>/chat/completions?api-version=...``), embeddings (``/v1/embeddings``,
+``/openai/deployments/<d>/embeddings``: :func:`fake_vector` of each text) and model listings,
+and plays scripted :class:`Reply` objects first. It runs on its own event loop in a daemon thread, so sync
 code, async code and other processes can all talk to it.
 
 >>> with FakeServer() as server:
@@ -14,6 +15,7 @@ code, async code and other processes can all talk to it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeServer", "Pause", "RecordedRequest", "Reply"]
+__all__ = ["FakeServer", "Pause", "RecordedRequest", "Reply", "fake_vector"]
 
 Ending = Literal["done", "eof", "close", "abort", "stall"]
 
@@ -118,6 +120,16 @@ class Reply:
         return cls(events=events, ending=ending, event_delay=event_delay)
 
     @classmethod
+    def embeddings(cls, texts: list[str], *, model: str = "test-embedding", dimensions: int = 8) -> Reply:
+        """An OpenAI ``embedding`` list: :func:`fake_vector` of each text, one token per word."""
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(t, dimensions)} for i, t in enumerate(texts)
+        ]
+        tokens = sum(max(1, len(t.split())) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return cls(body={"object": "list", "data": data, "model": model, "usage": usage})
+
+    @classmethod
     def error(
         cls,
         status: int,
@@ -151,6 +163,8 @@ class RecordedRequest:
     def route(self) -> str:
         if self.path.endswith("/chat/completions"):
             return "chat"
+        if self.path.endswith("/embeddings"):
+            return "embeddings"
         return "models" if self.path.endswith("/models") else "other"
 
 
@@ -170,6 +184,11 @@ class FakeServer:
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.open_connections = 0
+        #: Requests being answered right now, and the most seen at once (reset by :meth:`reset`).
+        self.in_flight = 0
+        self.max_in_flight = 0
+        #: Seconds the built-in embeddings answer waits before replying (to observe concurrency).
+        self.embed_delay = 0.0
         self._scripts: list[tuple[str | None, deque[Reply]]] = []
         #: ``(n, seconds)``: a chat request arriving when more than ``n`` arrived within the last
         #: ``seconds`` (itself included) gets a 429, like Azure's short enforcement windows.
@@ -251,14 +270,15 @@ class FakeServer:
             self._scripts.clear()
             self.requests.clear()
             self.disconnects = 0
+            self.max_in_flight = 0
 
     def calls(self, route: str = "chat") -> int:
-        """How many requests reached ``route`` (``chat``, ``models`` or ``other``)."""
+        """How many requests reached ``route`` (``chat``, ``embeddings``, ``models`` or ``other``)."""
         with self._lock:
             return sum(1 for r in self.requests if r.route == route)
 
     def _next_reply(self, req: RecordedRequest) -> Reply | None:
-        model = str((req.json or {}).get("model", "")) if req.route == "chat" else ""
+        model = str((req.json or {}).get("model", "")) if req.route in _SCRIPTED else ""
         with self._lock:
             for match, queue in self._scripts:
                 if queue and (match is None or match in req.path or match in model):
@@ -276,7 +296,13 @@ class FakeServer:
                     break
                 with self._lock:
                     self.requests.append(req)
-                if not await self._respond(req, writer, reader):
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    answered = await self._respond(req, writer, reader)
+                finally:
+                    self.in_flight -= 1
+                if not answered:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             self.disconnects += 1
@@ -311,7 +337,7 @@ class FakeServer:
         if reply is None and req.route == "chat" and self.rate_limit is not None:
             reply = self._over_rate(req, *self.rate_limit)
         if reply is None:
-            reply = self._next_reply(req) if req.route == "chat" else None
+            reply = self._next_reply(req) if req.route in _SCRIPTED else None
         if reply is None and req.route == "chat" and self.responder is not None:
             reply = self.responder(req)
         if reply is None:
@@ -350,6 +376,13 @@ class FakeServer:
 
     def _echo(self, req: RecordedRequest) -> Reply:
         body = req.json or {}
+        if req.route == "embeddings":
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else [str(t) for t in texts or []]
+            reply = Reply.embeddings(texts, model=str(body.get("model", "test-embedding")),
+                                     dimensions=int(body.get("dimensions") or 8))
+            reply.delay = self.embed_delay
+            return reply
         user = [m for m in body.get("messages", []) if m.get("role") == "user"]
         content = user[-1].get("content") if user else ""
         text = f"echo: {content if isinstance(content, str) else json.dumps(content)}"
@@ -428,6 +461,21 @@ class FakeServer:
             self.disconnects += 1
         writer.close()
         return False
+
+
+def fake_vector(text: str, dimensions: int = 8) -> list[float]:
+    """The test server's embedding of ``text``: ``dimensions`` floats in [-1, 1] from its SHA-256."""
+    out: list[float] = []
+    counter = 0
+    while len(out) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        out += [round(b / 127.5 - 1.0, 6) for b in digest]
+        counter += 1
+    return out[:dimensions]
+
+
+#: Routes whose requests take scripted replies (``script(..., match="/embeddings")`` for embeddings only).
+_SCRIPTED = ("chat", "embeddings")
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:

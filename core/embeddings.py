@@ -1,0 +1,173 @@
+"""``client.embed`` / ``aembed``: texts in, one vector per text out, in input order.
+
+An embeddings call is checked whole before any network call, then split into batches of at most
+the provider's ``embed_batch_size`` texts. Each batch is one :class:`Request` with
+``operation = "embeddings"`` and its texts in ``params["input"]``; it goes through the
+``modelwire_request_prepare`` hooks, the middleware that declare ``"embeddings"`` in
+``applies_to`` and the provider, like a completion, and the observers see it answered. At most
+``embed_concurrency`` batches are in flight at once. A batch is the unit every middleware
+reasons about: it makes at most one upstream call per attempt (none when the cache holds all
+its texts), so the limiter takes one request permit per upstream call and retry, fallback and
+circuit act per batch. The first batch that fails for good cancels the others and its error is
+raised. See docs/embeddings.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import PayloadTooLargeError, RequestValidationError
+from .middleware import EMBEDDINGS, check_options
+from .provider import Provider
+from .types import Embeddings, Request, Usage
+from .validate import check_serializable
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["DEFAULT_MODEL", "batch_size", "check_texts", "estimate_input_tokens", "merge", "prepare", "run"]
+
+#: The model ``embed()`` uses when none is given.
+DEFAULT_MODEL = "openai/text-embedding-3-small"
+
+# Parameters that would change what comes back or where the texts go: the texts are the call's
+# first argument, and vectors are returned as floats.
+_RESERVED = ("input", "messages", "stream")
+
+
+def check_texts(texts: Any) -> list[str]:
+    """The texts as a list, or a :class:`RequestValidationError` naming what is wrong.
+
+    >>> check_texts(["a", ""])
+    Traceback (most recent call last):
+    ...
+    modelwire.errors.RequestValidationError: texts[1] is an empty string (the provider would reject it)
+    """
+    if isinstance(texts, (str, bytes)):
+        raise RequestValidationError(
+            f"texts must be a list of strings, got a single {type(texts).__name__}: embed([text]) for one vector"
+        )
+    if not isinstance(texts, Sequence):
+        raise RequestValidationError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise RequestValidationError("texts is empty: give at least one text to embed")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestValidationError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        if not text:
+            raise RequestValidationError(f"texts[{i}] is an empty string (the provider would reject it)")
+    return list(texts)
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    for key in _RESERVED:
+        if key in params:
+            what = "the texts are embed()'s first argument" if key == "input" else "embeddings take no " + key
+            raise RequestValidationError(f"parameter {key!r} is not allowed here: {what}")
+    fmt = params.get("encoding_format")
+    if fmt is not None and fmt != "float":
+        raise RequestValidationError(f"encoding_format must be 'float' (vectors are lists of floats), got {fmt!r}")
+    dims = params.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
+        raise RequestValidationError(f"dimensions must be a positive int, got {dims!r}")
+
+
+def batch_size(provider: Provider) -> int:
+    """Texts per request for ``provider``: its config's ``embed_batch_size`` or its kind's default."""
+    return provider.config.embed_batch_size or provider.default_embed_batch_size
+
+
+def prepare(
+    client: Client, texts: Any, model: str | None, options: dict[str, Any] | None, params: dict[str, Any]
+) -> list[Request]:
+    """Check everything and build one prepared Request per batch; no I/O.
+
+    :raises RequestValidationError: bad texts, parameters or options; a provider without embeddings.
+    """
+    items = check_texts(texts)
+    provider, model_name = client.resolve(model or DEFAULT_MODEL)
+    if type(provider).aembed is Provider.aembed:
+        raise RequestValidationError(
+            f"provider '{provider.name}' ({type(provider).__name__}) does not support embeddings",
+            provider=provider.name,
+            model=model_name,
+        )
+    _check_params(params)
+    check_options(options, client.registry.middleware, provider.config)
+    size = batch_size(provider)
+    requests = []
+    for start in range(0, len(items), size):
+        part = items[start : start + size]
+        payload = {**params, "input": part}
+        nbytes = check_serializable([], payload)
+        if nbytes > client.config.max_request_bytes:
+            raise PayloadTooLargeError(
+                f"a batch of {len(part)} texts is {nbytes} bytes, above max_request_bytes = "
+                f"{client.config.max_request_bytes}: lower providers.{provider.name}.embed_batch_size",
+                provider=provider.name,
+                model=model_name,
+            )
+        request = Request(provider.name, model_name, [], payload, options=dict(options or {}), operation="embeddings")
+        request.state["log"] = {"operation": EMBEDDINGS, "texts": len(part)}
+        provider_prepare = getattr(provider, "prepare", None)
+        if provider_prepare is not None:
+            provider_prepare(request)
+        client.hook.modelwire_request_prepare(request=request)
+        requests.append(request)
+    return requests
+
+
+async def run(client: Client, requests: list[Request]) -> Embeddings:
+    """Send the batches through the embeddings chain, at most ``embed_concurrency`` at once."""
+    provider = client.provider(requests[0].provider)
+    gate = asyncio.Semaphore(provider.config.embed_concurrency)
+
+    async def one(request: Request) -> Embeddings:
+        async with gate:
+            return await client.embed_prepared(request)
+
+    if len(requests) == 1:
+        return await one(requests[0])
+    tasks = [asyncio.ensure_future(one(r)) for r in requests]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return merge([task.result() for task in tasks])
+    finally:
+        for task in tasks:
+            task.cancel()  # a failed batch (or our caller's cancellation) stops the others
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def merge(parts: list[Embeddings]) -> Embeddings:
+    """One answer from the batches' answers, in order; usage summed over what was sent upstream."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    usages = [p.usage for p in parts if p.usage is not None]
+    usage = (
+        Usage(sum(u.prompt_tokens for u in usages), 0, sum(u.total_tokens for u in usages)) if usages else None
+    )
+    from_cache = [flag for p in parts for flag in p.from_cache]
+    costs = [p.cost for p in parts]
+    return Embeddings(
+        vectors=[v for p in parts for v in p.vectors],
+        model=first.model,
+        provider=first.provider,
+        usage=usage,
+        from_cache=from_cache,
+        cached=all(p.cached for p in parts),
+        cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None),
+    )
+
+
+def estimate_input_tokens(request: Request) -> int:
+    """Tokens an embeddings request will be charged: about 4 characters per token, at least one
+    per text. The limiter reserves this and settles with the reported usage afterwards."""
+    texts = request.params.get("input") or []
+    return sum(max(1, math.ceil(len(t) / 4)) for t in texts if isinstance(t, str))

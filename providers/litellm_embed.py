@@ -1,0 +1,98 @@
+"""Embeddings through ``litellm.aembedding``: one upstream call per batch, with the same key,
+transport (modelwire's per-loop SDK client), ``num_retries=0``/``max_retries=0`` and error
+mapping as completions.
+
+Only the transport entries of a provider's configured ``params`` (headers, query) are sent with
+embeddings: the rest are chat sampling settings (temperature, max_tokens...) that an embeddings
+endpoint rejects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from modelwire.errors import InvalidResponseError
+from modelwire.types import Embeddings, Request, Usage
+
+from .errors import map_exception
+from .litellm_base import _excerpt, alitellm
+
+if TYPE_CHECKING:
+    from .litellm_base import LiteLLMProvider
+
+__all__ = ["aembed", "embed_args"]
+
+#: Configured ``params`` that also apply to embeddings requests.
+_TRANSPORT_PARAMS = ("extra_headers", "headers", "extra_query")
+
+
+def embed_args(provider: LiteLLMProvider, request: Request) -> dict[str, Any]:
+    """Keyword arguments of ``litellm.aembedding`` for ``request`` (texts in ``params["input"]``)."""
+    config = provider.config
+    args: dict[str, Any] = {k: v for k, v in config.params.items() if k in _TRANSPORT_PARAMS}
+    args.update(request.params)
+    args.update(
+        model=f"{provider.prefix}/{request.model}",
+        api_key=provider.api_key(),
+        timeout=args.get("timeout", config.timeout),
+        num_retries=0,
+        max_retries=0,
+    )
+    if config.api_base:
+        args["api_base"] = config.api_base
+    if config.api_version:
+        args["api_version"] = config.api_version
+    provider._own_transport(request, args)
+    return args
+
+
+async def aembed(provider: LiteLLMProvider, request: Request) -> Embeddings:
+    """One upstream embeddings call; a failure is raised as a mapped :class:`ModelwireError`."""
+    module = await alitellm()  # a cold import never runs on the event loop thread
+    args = embed_args(provider, request)
+    on_send = request.state.get("on_send")
+    try:
+        if callable(on_send):
+            on_send()  # litellm's embedding path never calls logger_fn; the request leaves now
+        response = await module.aembedding(**args)
+    except Exception as exc:
+        error = map_exception(exc, provider=provider.name, model=request.model)
+        error.attempts = request.attempt
+    else:
+        return _embeddings(provider.name, request, response)
+    raise error  # outside the handler: litellm's exception (it can hold the key) stays unreachable
+
+
+def _embeddings(name: str, request: Request, response: Any) -> Embeddings:
+    texts = request.params["input"]
+    data = getattr(response, "data", None) or []
+    vectors: list[list[float] | None] = [None] * len(texts)
+    for position, item in enumerate(data):
+        index = _get(item, "index", position)
+        vector = _get(item, "embedding", None)
+        if isinstance(index, int) and 0 <= index < len(texts) and isinstance(vector, list):
+            vectors[index] = [float(v) for v in vector]
+    if len(data) != len(texts) or any(v is None for v in vectors):
+        raise InvalidResponseError(
+            f"the provider answered {len(data)} embeddings for {len(texts)} texts",
+            provider=name,
+            model=request.model,
+            status=200,
+            body=_excerpt(response),
+            attempts=request.attempt,
+        )
+    usage = getattr(response, "usage", None)
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    total = int(getattr(usage, "total_tokens", 0) or prompt)
+    return Embeddings(
+        vectors=[v for v in vectors if v is not None],
+        model=request.model,
+        provider=name,
+        usage=Usage(prompt, 0, total) if usage is not None else None,
+        from_cache=[False] * len(texts),
+        raw=response,
+    )
+
+
+def _get(item: Any, key: str, default: Any) -> Any:
+    return item.get(key, default) if isinstance(item, dict) else getattr(item, key, default)
