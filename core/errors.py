@@ -9,11 +9,14 @@ before the exception is built.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
+    "BudgetUnavailableError",
     "CircuitOpenError",
     "ConfigurationError",
     "ContentFilterError",
@@ -371,3 +374,53 @@ class RateLimitExceeded(ModelwireError):
 class RateLimiterUnavailableError(ModelwireError):
     """The rate limiter's shared backend (Redis, SQLite) failed and the ``ratelimit`` section
     says ``on_backend_error = "closed"``: the request is refused rather than sent unlimited."""
+
+
+class BudgetExceededError(ModelwireError):
+    """The ``budget`` middleware refused the request before any network call: its estimated cost
+    (or tokens) would take a limit past its cap for the current period. Never retryable; retry,
+    circuit breakers and fallbacks do not count it (waiting does not help until ``resets_at``).
+
+    :ivar resets_at: when the period ends and the limit starts from zero (UTC, timezone-aware).
+    :ivar limit: the cap (USD or tokens, see ``unit``).
+    :ivar spent: settled spend in this period, plus what calls in flight have reserved.
+    :ivar needed: this request's estimate.
+    :ivar unit: ``"usd"`` or ``"tokens"``.
+    :ivar period: ``"minute"``, ``"hour"``, ``"day"`` or ``"month"``.
+    :ivar scope: ``"global"``, ``"model:<provider/model>"`` or ``"namespace:<tenant>"``.
+    :ivar match: the limit's ``match`` pattern.
+    """
+
+    request_sent = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resets_at: datetime,
+        limit: float,
+        spent: float,
+        needed: float,
+        unit: str,
+        period: str,
+        scope: str,
+        match: str,
+        **kw: Any,
+    ) -> None:
+        self.resets_at = resets_at
+        self.limit = limit
+        self.spent = spent
+        self.needed = needed
+        self.unit = unit
+        self.period = period
+        self.scope = scope
+        self.match = match
+        super().__init__(message, **kw)
+
+
+class BudgetUnavailableError(ModelwireError):
+    """The budget's shared store (SQLite, Redis) failed and ``[budget] on_backend_error`` is
+    ``"closed"`` (the default): the request is refused, before any network call, rather than
+    sent without a cap."""
+
+    request_sent = False

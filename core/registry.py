@@ -45,6 +45,7 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.fallback",
     "modelwire.plugins.circuit",
     "modelwire.plugins.cache",
+    "modelwire.plugins.budget",
     "modelwire.plugins.otel",
     "modelwire.plugins.prometheus",
 ]

@@ -40,6 +40,7 @@ from .codec import (
     size_floor,
 )
 from .config import CacheConfig, CacheOptions, check_namespace, make_backend
+from .embeddings import handle_embed
 from .flight import Cursor, Flight, FlightTable, fresh_error, iterate, wait_result
 from .keys import default_key, provider_namespace
 from .store import Store
@@ -93,6 +94,9 @@ class CacheMiddleware(Middleware):
 
     Config = CacheConfig
     Options = CacheOptions
+    #: embeddings: one entry per text (:mod:`.embeddings`)
+    applies_to = ("whole", "stream", "embeddings")
+    ahandle_embed = handle_embed
 
     def __init__(self, config: CacheConfig | None, context: MiddlewareContext) -> None:
         super().__init__(config or CacheConfig(), context)
