@@ -143,6 +143,8 @@ class Breaker:
 class CircuitMiddleware(Middleware):
     """Per-provider-instance circuit breakers. ``clock`` may be replaced for tests."""
 
+    #: per batch for embeddings, as for a completion (docs/embeddings.md)
+    applies_to = ("whole", "stream", "embeddings")
     Config = CircuitConfig
 
     def __init__(self, config: CircuitConfig, context: MiddlewareContext) -> None:

@@ -102,6 +102,8 @@ class FallbackConfig(BaseModel):
 class FallbackMiddleware(Middleware):
     """Walks the configured fallback chains when a target fails."""
 
+    #: per batch for embeddings, as for a completion (docs/embeddings.md)
+    applies_to = ("whole", "stream", "embeddings")
     Config = FallbackConfig
 
     def __init__(self, config: FallbackConfig, context: MiddlewareContext) -> None:

@@ -114,6 +114,8 @@ class RetryMiddleware(Middleware):
 
     Config = RetryConfig
     Options = RetryOptions
+    #: per batch for embeddings, as for a completion (docs/embeddings.md)
+    applies_to = ("whole", "stream", "embeddings")
 
     def __init__(self, config: RetryConfig, context: MiddlewareContext) -> None:
         super().__init__(config, context)

@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from modelwire.embeddings import estimate_input_tokens
 from modelwire.errors import RateLimitExceeded, RequestValidationError
 from modelwire.hookspecs import hookimpl
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
@@ -49,6 +50,8 @@ class RateLimitMiddleware(Middleware):
 
     Config = RateLimitConfig
     Options = RateLimitOptions
+    #: an embeddings batch takes one request permit and its input tokens (docs/embeddings.md)
+    applies_to = ("whole", "stream", "embeddings")
 
     def __init__(self, config: RateLimitConfig | None, context: MiddlewareContext) -> None:
         super().__init__(config or RateLimitConfig(), context)
@@ -110,7 +113,9 @@ class RateLimitMiddleware(Middleware):
         if getattr(provider, "reports_send", False):
             plan.signals = True
         tokens = prompt = 0
-        if plan.tok_rates:
+        if plan.tok_rates and request.operation == "embeddings":  # input tokens only, nothing generated
+            tokens = prompt = spec.tokens if spec.tokens is not None else estimate_input_tokens(request)
+        elif plan.tok_rates:
             tokens = spec.tokens if spec.tokens is not None else estimate_tokens(request, self.config)
             completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens")
             prompt = max(0, tokens - int(completion or self.config.default_max_tokens))
