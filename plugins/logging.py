@@ -33,7 +33,7 @@ def modelwire_response_received(request: Request, response: Completion, latency:
         latency_ms=round(latency * 1000, 2),
         cached=response.cached,
         stream=request.stream,
-        finish_reason=response.finish_reason,
+        finish_reason=getattr(response, "finish_reason", None),  # Embeddings have none
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
         cached_prompt_tokens=usage.cached_prompt_tokens if usage else None,

@@ -2,6 +2,12 @@
 transport (modelwire's per-loop SDK client), ``num_retries=0``/``max_retries=0`` and error
 mapping as completions.
 
+litellm 1.110's openai route turns ``max_retries=0`` into its default of 2 for embeddings
+(``max_retries or litellm.DEFAULT_MAX_RETRIES`` in ``OpenAIChatCompletion.embedding``) and writes
+that onto the SDK client it is given, so one 503 became three upstream calls and the shared
+client of the chat calls was changed under them. Embeddings therefore get their own copy of the
+loop's SDK client (same connection pool) whose ``max_retries`` stays 0 whatever is written to it.
+
 Only the transport entries of a provider's configured ``params`` (headers, query) are sent with
 embeddings: the rest are chat sampling settings (temperature, max_tokens...) that an embeddings
 endpoint rejects.
@@ -9,6 +15,7 @@ endpoint rejects.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from modelwire.errors import InvalidResponseError
@@ -43,7 +50,29 @@ def embed_args(provider: LiteLLMProvider, request: Request) -> dict[str, Any]:
     if config.api_version:
         args["api_version"] = config.api_version
     provider._own_transport(request, args)
+    if "client" in args:
+        args["client"] = _no_retry_copy(args["client"])
     return args
+
+
+_pinned_classes: dict[type, type] = {}
+_copies: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _no_retry_copy(client: Any) -> Any:
+    """``client`` (an SDK client) copied once, sharing its HTTP pool, with ``max_retries`` pinned to 0."""
+    copy = _copies.get(client)
+    if copy is None:
+        cls = type(client)
+        pinned = _pinned_classes.get(cls)
+        if pinned is None:
+            # A data descriptor wins over the instance attribute the SDK sets and litellm overwrites.
+            pinned = type(f"NoRetry{cls.__name__}", (cls,), {"max_retries": property(lambda _: 0, lambda _, __: None)})
+            _pinned_classes[cls] = pinned
+        copy = client.with_options(max_retries=0)
+        copy.__class__ = pinned
+        _copies[client] = copy
+    return copy
 
 
 async def aembed(provider: LiteLLMProvider, request: Request) -> Embeddings:
