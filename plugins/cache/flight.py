@@ -29,9 +29,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from modelwire.types import Chunk, Completion
 
-__all__ = ["Cursor", "Flight", "FlightTable", "clone_chunk", "fresh_error", "iterate", "wait_result"]
+from .codec import raw_json
 
-#: Below this many held chunks a flight that stopped buffering does not bother trimming.
+__all__ = ["Cursor", "Flight", "FlightTable", "clone_chunk", "follower_copy", "fresh_error", "iterate", "wait_result"]
+
+#: A flight that stopped buffering trims (and lets its readers catch up) past this many chunks.
 _TRIM_FLOOR = 64
 
 
@@ -44,6 +46,13 @@ def clone_chunk(chunk: Chunk, shared: bool) -> Chunk:
         out.cached = True
         out.metadata["cache_shared"] = True
     return out
+
+
+def follower_copy(result: Completion) -> Completion:
+    """The leader's completion for one follower: objects of its own, marked cached (it cost no
+    upstream call), ``raw`` in its JSON form as on any cache hit."""
+    return Completion(result.text, result.finish_reason, result.model, result.provider, copy.copy(result.usage),
+                      copy.deepcopy(result.tool_calls), True, raw_json(result.raw))
 
 
 def fresh_error(error: BaseException) -> BaseException:
@@ -103,7 +112,6 @@ class Flight:
         self.table: FlightTable | None = None
         self.loop = asyncio.get_running_loop()
         self._waiters: list[asyncio.Future[None]] = []
-        self._trim_at = _TRIM_FLOOR
 
     # -- subscribers -------------------------------------------------------------------------------
 
@@ -133,10 +141,19 @@ class Flight:
         self.chunks.append(chunk)
         if self.buffering:
             self.buffered_bytes += size
-        elif len(self.chunks) >= self._trim_at:
+        elif len(self.chunks) >= _TRIM_FLOOR:
             self._trim()
-            self._trim_at = max(_TRIM_FLOOR, 2 * len(self.chunks))
         self._wake()
+
+    async def make_room(self) -> None:
+        """After a publish, when the stream stopped buffering and its readers lag: give them a
+        turn (each drains every chunk it can when it runs), then drop what they read. One read
+        of the upstream can carry hundreds of buffered events without the loop turning; this
+        keeps the chunks held near ``_TRIM_FLOOR`` whatever the load. A subscriber that stops
+        reading without leaving still holds what it has not read."""
+        if not self.buffering and len(self.chunks) >= _TRIM_FLOOR:
+            await asyncio.sleep(0)
+            self._trim()
 
     def stop_buffering(self, reason: str) -> None:
         """The stream will not be stored: stop holding chunks every subscriber has read."""

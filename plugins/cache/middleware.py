@@ -13,7 +13,6 @@ backend degrades to a miss.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -21,12 +20,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelwire import portal
 from modelwire.errors import ModelwireError, ProviderTimeoutError, RequestValidationError
 from modelwire.log import logger
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
 from modelwire.types import Chunk, Completion, Request
 
+from .admin import CacheAdmin, CacheError
 from .codec import (
     CorruptEntry,
     assemble,
@@ -36,22 +35,17 @@ from .codec import (
     encode,
     entry_from_chunks,
     entry_from_completion,
-    raw_json,
     size_floor,
 )
-from .config import CacheConfig, CacheOptions, check_namespace, make_backend
+from .config import CacheConfig, CacheOptions, make_backend
 from .embeddings import handle_embed
-from .flight import Cursor, Flight, FlightTable, fresh_error, iterate, wait_result
+from .flight import Cursor, Flight, FlightTable, follower_copy, fresh_error, iterate, wait_result
 from .keys import default_key, provider_namespace
 from .store import Store
 
 __all__ = ["CacheError", "CacheMiddleware", "cache_of", "default_refusal"]
 
 _DEFAULT_OPTIONS = CacheOptions()
-
-
-class CacheError(ModelwireError):
-    """An explicit cache operation (clear, invalidate, stats) could not reach the backend."""
 
 
 def default_refusal(request: Request, response: Completion) -> str | None:
@@ -68,13 +62,6 @@ def default_refusal(request: Request, response: Completion) -> str | None:
     return None
 
 
-def _follower_copy(result: Completion) -> Completion:
-    """The leader's completion for one follower: objects of its own, marked cached (it cost no
-    upstream call), ``raw`` in its JSON form as on any cache hit."""
-    return Completion(result.text, result.finish_reason, result.model, result.provider, copy.copy(result.usage),
-                      copy.deepcopy(result.tool_calls), True, raw_json(result.raw))
-
-
 def _note_served_by(request: Request, served_by: tuple[str, str] | None) -> None:
     """Tell the caller's stream who answered (a fallback target), as a live stream would."""
     if served_by is not None and served_by != (request.provider, request.model):
@@ -86,7 +73,7 @@ def _answered_by(entry: dict[str, Any], request: Request) -> tuple[str, str]:
     return str(entry.get("provider") or request.provider), str(entry.get("model") or request.model)
 
 
-class CacheMiddleware(Middleware):
+class CacheMiddleware(CacheAdmin, Middleware):
     """See the module docstring. Find it on a client with :func:`cache_of`.
 
     :ivar metrics: this process's :class:`~.store.CacheMetrics`.
@@ -96,6 +83,7 @@ class CacheMiddleware(Middleware):
     Options = CacheOptions
     #: embeddings: one entry per text (:mod:`.embeddings`)
     applies_to = ("whole", "stream", "embeddings")
+    embed_scope = "call"  # sees the whole embed() call: only the texts it lacks are batched and sent
     ahandle_embed = handle_embed
 
     def __init__(self, config: CacheConfig | None, context: MiddlewareContext) -> None:
@@ -264,6 +252,7 @@ class CacheMiddleware(Middleware):
                         logger.info("cache.value_too_large", bytes=flight.buffered_bytes, streaming=True,
                                     max_value_bytes=self.config.max_value_bytes)
                         flight.stop_buffering("too_large")
+                    await flight.make_room()
             finally:
                 await aclose_stream(upstream)
             if flight.dropped is not None:
@@ -365,7 +354,7 @@ class CacheMiddleware(Middleware):
             raise fresh_error(flight.error) if shared else flight.error
         assert flight.result is not None  # a whole flight ends with a result or an error
         if shared:
-            return _follower_copy(flight.result)
+            return follower_copy(flight.result)
         await flight.settled()  # read-your-writes: when the first caller returns, its answer is stored
         return flight.result
 
@@ -410,53 +399,6 @@ class CacheMiddleware(Middleware):
                     yield chunk
         finally:
             await flight.release(cursor)
-
-    # -- invalidation, stats, lifecycle -----------------------------------------------------------
-
-    async def ainvalidate(self, request: Request) -> bool:
-        """Delete the entry ``request`` would hit (build it with ``client.request(...)``)."""
-        key = self.key_for(request, self.options(request))
-        if self.store.failed(await self.store.call("delete", self.store.backend.delete, key, timeout=5.0)):
-            raise CacheError(f"could not delete the cache entry from the {self.store.backend.name} backend")
-        return True
-
-    async def aclear(self, namespace: str | None = None) -> int:
-        """Delete every entry, or every entry of ``namespace``; returns how many."""
-        if namespace is not None:
-            check_namespace(namespace)
-        result = await self.store.call("clear", self.store.backend.clear, namespace, timeout=30.0)
-        if self.store.failed(result):
-            raise CacheError(f"could not clear the {self.store.backend.name} cache backend")
-        count: int = result
-        return count
-
-    async def astats(self) -> dict[str, Any]:
-        """This process's counters, plus the entry count and (file, redis) every process's counters."""
-        circuit = "open" if self.store.circuit_open else "closed"
-        out: dict[str, Any] = {"backend": self.config.backend, "circuit": circuit}
-        entries = await self.store.call("count", self.store.backend.count, timeout=10.0)
-        out["entries"] = None if self.store.failed(entries) else entries
-        shared = await self.store.call("stats", self.store.backend.read_stats, timeout=10.0)
-        if not self.store.failed(shared) and shared:
-            out["all_processes"] = shared
-        out["process"] = self.metrics.as_dict()
-        return out
-
-    def invalidate(self, request: Request) -> bool:
-        """Blocking :meth:`ainvalidate`."""
-        return portal.run(self.ainvalidate(request))
-
-    def clear(self, namespace: str | None = None) -> int:
-        """Blocking :meth:`aclear`."""
-        return portal.run(self.aclear(namespace))
-
-    def stats(self) -> dict[str, Any]:
-        """Blocking :meth:`astats`."""
-        return portal.run(self.astats())
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.config.backend, "circuit": "open" if self.store.circuit_open else "closed",
-                **self.metrics.as_dict()}
 
     async def aclose(self) -> None:
         await self.store.close()
