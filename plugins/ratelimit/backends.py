@@ -93,6 +93,12 @@ class Backend:
         """A name unique to one reservation across processes and hosts."""
         return f"{self._instance}-{next(self._tickets)}"
 
+    def after_fork(self) -> None:
+        """Called in a forked child: a ticket name copied from the parent would let this process
+        refund or move the parent's reservations, so the child takes a name of its own."""
+        self._instance = uuid.uuid4().hex[:8]
+        self._tickets = itertools.count()
+
     def has(self, bucket_id: str) -> bool:
         return bucket_id in self.factory.buckets
 
@@ -343,7 +349,24 @@ class ThreadedBackend(Backend):
     def __init__(self, timeout: float) -> None:
         super().__init__()
         self.timeout = timeout
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"modelwire-ratelimit-{self.name}")
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"modelwire-ratelimit-{self.name}")
+
+    def after_fork(self) -> None:
+        """In a forked child the parent's worker thread does not exist (the copied pool would
+        never run a call again) and its connection and buckets belong to the parent: start a
+        pool of our own and let buckets and connection be made again on first use. The old pool
+        is dropped, not shut down: its thread is not ours to join."""
+        super().after_fork()
+        self._executor = self._new_executor()
+        self.factory.buckets.clear()
+        self._forget_store()
+
+    def _forget_store(self) -> None:
+        """Drop (never close) the connection inherited from the parent."""
+        return None
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run the blocking ``fn`` on the worker thread; any failure is BackendUnavailable."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 import weakref
 from collections import defaultdict
@@ -137,6 +138,20 @@ class Engine:
         self.plans: dict[str, Plan] = {}
         self._down_until = 0.0
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        _live.add(self)
+
+    def after_fork(self) -> None:
+        """Called in a forked child (gunicorn --preload, multiprocessing fork): the parent's
+        requests in flight, queues and counters are not this process's, and its backend's
+        worker thread does not exist here."""
+        self.stats = Stats()
+        self._down_until = 0.0
+        self._loops = weakref.WeakKeyDictionary()
+        for plan in self.plans.values():
+            plan.unsent.clear()  # the parent's unsent requests would hold up admissions forever
+        self.backend.after_fork()
+        if self.local is not self.backend:
+            self.local.after_fork()
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -446,6 +461,19 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+
+
+# Live engines, reset in a forked child before it runs any code of its own.
+_live: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_live):
+        engine.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _quiet(update: Any) -> None:

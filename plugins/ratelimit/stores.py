@@ -21,6 +21,10 @@ from .backends import SEP, Backend, MemoryBackend, ThreadBucket, ThreadedBackend
 __all__ = ["RedisBackend", "SQLiteBackend", "make_backend"]
 
 
+#: SQLite connections a forked child inherited: never used, never closed (see _forget_store).
+_INHERITED: list[sqlite3.Connection] = []
+
+
 def _table(bucket_id: str) -> str:
     return "mw_" + hashlib.sha1(bucket_id.encode()).hexdigest()[:20]
 
@@ -33,11 +37,23 @@ class SQLiteBackend(ThreadedBackend):
 
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__(timeout)
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.lock = self._new_lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _new_lock(self) -> Any:
         from filelock import FileLock
 
-        self.path = os.path.abspath(os.path.expanduser(path))
-        self.lock = FileLock(self.path + ".lock", timeout=timeout, poll_interval=0.002)
-        self._conn: sqlite3.Connection | None = None
+        return FileLock(self.path + ".lock", timeout=self.timeout, poll_interval=0.002)
+
+    def _forget_store(self) -> None:
+        # Closing the parent's connection here would release this process's POSIX locks on the
+        # database file (they belong to the process, not the descriptor), so it is kept open
+        # and unused; the file lock object may have been copied while held: a fresh one.
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+            self._conn = None
+        self.lock = self._new_lock()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -196,6 +212,23 @@ end
 return moved
 """
 
+def _put_item_script() -> str:
+    """pyrate's check-and-insert script, counting every entry from the window start on.
+
+    pyrate counts ``ZCOUNT key window_start now``, with ``now`` the new item's timestamp, read
+    before the script runs. An entry another process (or this one) has just moved to its send
+    time can be later than that ``now``: it was then not counted, and two processes sent
+    within a few ms of each other under a limit of one per window. A moved entry is a request
+    already sent, so it always counts.
+    """
+    from pyrate_limiter.buckets.redis_bucket import LuaScript
+
+    bounded = "redis.call('ZCOUNT', bucket, window_start, now)"
+    if bounded not in LuaScript.PUT_ITEM:  # a pyrate-limiter release changed its script
+        raise RuntimeError("pyrate-limiter's Redis PUT_ITEM script changed; modelwire's limiter needs an update")
+    return LuaScript.PUT_ITEM.replace(bounded, "redis.call('ZCOUNT', bucket, window_start, '+inf')")
+
+
 _COOLDOWN_LUA = """
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
@@ -238,8 +271,7 @@ class RedisBackend(ThreadedBackend):
 
         def op() -> AbstractBucket:
             self.client.hset(f"{self.prefix}buckets", bucket_id, ";".join(f"{r.limit}/{r.interval}" for r in rates))
-            bucket: AbstractBucket = RedisBucket.init(rates, self.client, key)
-            return bucket
+            return RedisBucket(rates, self.client, key, self.client.script_load(_put_item_script()))
 
         inner = await self.run(op)
         longest = max(r.interval for r in rates) * 2
