@@ -87,6 +87,7 @@ class BudgetMiddleware(Middleware):
             default_max_tokens=self.config.default_max_tokens, estimator=self.config.estimator
         )
         self._rules: dict[str, list[BudgetLimit]] = {}
+        self._windows: dict[str, tuple[float, datetime, datetime]] = {}
         self.stats = {"reserved": 0, "refused": 0, "settled": 0, "estimated": 0, "backend_errors": 0}
 
     def bind_prices(self, prices: Any) -> None:
@@ -125,7 +126,7 @@ class BudgetMiddleware(Middleware):
                     )
                 usd = cost_of(estimate, price)
             amount = usd if rule.usd is not None and usd is not None else float(total)
-            start, end = window(rule.period, now)
+            start, end = self._window(rule.period, now)
             subject = self._subject(rule, request)
             charges.append(Charge(
                 key=f"{self.config.key_prefix}{rule.rule_id}|{subject}|{int(start.timestamp())}",
@@ -136,6 +137,15 @@ class BudgetMiddleware(Middleware):
                       "subject": subject, "start": start.isoformat(), "resets_at": end.isoformat()},
             ))
         return _Held(charges, rules, estimate)
+
+    def _window(self, period: str, now: float) -> tuple[datetime, datetime]:
+        """:func:`window`, remembered until its period ends (it is asked once per limit per call)."""
+        known = self._windows.get(period)
+        if known is not None and known[1].timestamp() <= now < known[0]:
+            return known[1], known[2]
+        start, end = window(period, now)
+        self._windows[period] = (end.timestamp(), start, end)
+        return start, end
 
     @staticmethod
     def _subject(rule: BudgetLimit, request: Request) -> str:
@@ -198,6 +208,7 @@ class BudgetMiddleware(Middleware):
 
     async def _settle(self, request: Request, held: _Held, answered: bool, usage: Usage | None,
                       served: tuple[str, str] | None, cached: bool = False) -> None:
+        """Release ``held`` and add the real spend; runs to the end even if the task is cancelled."""
         failed = int(request.state.pop(FAILED, 0) or 0)
         target = served or (request.provider, request.model)
         settled = []
@@ -206,8 +217,14 @@ class BudgetMiddleware(Middleware):
             if answered and not cached:
                 actual += self._answer_spend(rule, charge.amount, usage, target, request)
             settled.append((charge.key, charge.amount, actual))
+        if self.store.name == "memory":  # synchronous: nothing a cancellation could interrupt
+            self._store_settle(settled)
+            return
+        await _shielded(asyncio.to_thread(self._store_settle, settled))
+
+    def _store_settle(self, settled: list[tuple[str, float, float]]) -> None:
         try:
-            await self._run(self.store.settle, settled)
+            self.store.settle(settled)
             self.stats["settled"] += 1
         except Exception as exc:  # the reservation stays counted: an over-count, never an under-count
             self.stats["backend_errors"] += 1
@@ -233,10 +250,10 @@ class BudgetMiddleware(Middleware):
         try:
             response = await call_next(request)
         except BaseException:
-            await _shielded(self._settle(request, held, False, None, None))
+            await self._settle(request, held, False, None, None)
             raise
-        await _shielded(self._settle(request, held, True, response.usage, (response.provider, response.model),
-                                     cached=response.cached))
+        await self._settle(request, held, True, response.usage, (response.provider, response.model),
+                           cached=response.cached)
         return response
 
     async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
@@ -259,12 +276,14 @@ class BudgetMiddleware(Middleware):
             stopped = True
             raise
         finally:
-            await aclose_stream(upstream)
             served = request.state.get("served_by")
-            await _shielded(self._settle(
-                request, held, ended or stopped, usage if ended or stopped else None,
-                tuple(served) if isinstance(served, (tuple, list)) else None, cached=cached,
-            ))
+            try:  # settled first: closing the upstream may be interrupted by a cancellation
+                await self._settle(
+                    request, held, ended or stopped, usage if ended or stopped else None,
+                    tuple(served) if isinstance(served, (tuple, list)) else None, cached=cached,
+                )
+            finally:
+                await aclose_stream(upstream)
 
     # -- introspection ---------------------------------------------------------------------------
 

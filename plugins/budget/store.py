@@ -147,6 +147,9 @@ class SQLiteStore:
         if self._conn is None or self._pid != os.getpid():  # a connection must not cross a fork
             conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives the process crashing (not a power cut) without an
+            # fsync per reservation, which cost ~20 ms per request with the default FULL.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS mw_budget (key TEXT PRIMARY KEY, spent REAL NOT NULL DEFAULT 0, "
                 "reserved REAL NOT NULL DEFAULT 0, cap REAL NOT NULL, expires REAL NOT NULL, meta TEXT NOT NULL)"
