@@ -125,6 +125,8 @@ def _check(client: Any, args: argparse.Namespace) -> int:
 
 
 def _plugins(client: Any, args: argparse.Namespace) -> int:
+    from .middleware import operations
+
     reg = client.registry
     print("plugins:")
     for name, plugin in reg.pm.list_name_plugin():
@@ -141,7 +143,9 @@ def _plugins(client: Any, args: argparse.Namespace) -> int:
             if name in client.config.middleware
             else "disabled"
         )
-        print(f"  {name:<20} {state:<22} from {reg.origin[f'modelwire_register_middleware:{name}']}")
+        ops = ", ".join(operations(reg.middleware[name]))  # a chat-only one is passed by for embeddings
+        origin = reg.origin[f"modelwire_register_middleware:{name}"]
+        print(f"  {name:<20} {state:<22} operations: {ops:<17} from {origin}")
     print("middleware order (outermost first): " + (" -> ".join([*client.config.middleware, "provider"])))
     for mw, name in zip(client.middleware, client.config.middleware, strict=True):
         state = mw.describe()

@@ -84,7 +84,7 @@ class Client:
             list(zip(names, self.middleware, strict=True)), self._attempt, self._attempt_stream
         )
         self._call_embed: CallNextEmbed = build_embed_chain(
-            list(zip(names, self.middleware, strict=True)), self._attempt_embed
+            list(zip(names, self.middleware, strict=True)), self._attempt_embed, self._split_embed
         )
         self._embed_skips_noted = False
         self.hook.modelwire_client_created(client=self)  # per-client plugin state (cost, stats)
@@ -238,7 +238,7 @@ class Client:
         """
         from . import embeddings
 
-        return await embeddings.run(self, embeddings.prepare(self, texts, model, options, params))
+        return await self.embed_prepared(embeddings.prepare(self, texts, model, options, params))
 
     def embed(
         self, texts: Any, *, model: str | None = None, options: dict[str, Any] | None = None, **params: Any
@@ -246,11 +246,11 @@ class Client:
         """Blocking :meth:`aembed`."""
         from . import embeddings
 
-        requests = embeddings.prepare(self, texts, model, options, params)  # errors in the caller's thread
-        return portal.run(embeddings.run(self, requests))
+        request = embeddings.prepare(self, texts, model, options, params)  # errors in the caller's thread
+        return portal.run(self.embed_prepared(request))
 
     async def embed_prepared(self, request: Request) -> Embeddings:
-        """Run one prepared embeddings batch through the embeddings chain and the observers."""
+        """Run a prepared embeddings request through the embeddings chain and the observers."""
         if not self._embed_skips_noted:
             self._embed_skips_noted = True
             skipped = [n for n, mw in zip(self.config.middleware, self.middleware, strict=True)
@@ -324,6 +324,11 @@ class Client:
             return await self.provider(request.provider).acomplete(request)
         except BaseException as exc:
             raise self._failed(request, exc, start) from None
+
+    async def _split_embed(self, request: Request, call_next: CallNextEmbed) -> Embeddings:
+        from .embeddings import split
+
+        return await split(self, request, call_next)
 
     async def _attempt_embed(self, request: Request) -> Embeddings:
         start = perf_counter()

@@ -1,15 +1,15 @@
 """``client.embed`` / ``aembed``: texts in, one vector per text out, in input order.
 
-An embeddings call is checked whole before any network call, then split into batches of at most
-the provider's ``embed_batch_size`` texts. Each batch is one :class:`Request` with
-``operation = "embeddings"`` and its texts in ``params["input"]``; it goes through the
-``modelwire_request_prepare`` hooks, the middleware that declare ``"embeddings"`` in
-``applies_to`` and the provider, like a completion, and the observers see it answered. At most
-``embed_concurrency`` batches are in flight at once. A batch is the unit every middleware
-reasons about: it makes at most one upstream call per attempt (none when the cache holds all
-its texts), so the limiter takes one request permit per upstream call and retry, fallback and
-circuit act per batch. The first batch that fails for good cancels the others and its error is
-raised. See docs/embeddings.md.
+An embeddings call is checked whole before any network call and becomes one :class:`Request`
+with ``operation = "embeddings"`` and its texts in ``params["input"]``: the
+``modelwire_request_prepare`` hooks see it once, and the observers see its one answer. In the
+chain (middleware that declare ``"embeddings"`` in ``applies_to``) it is split into batches of at
+most the provider's ``embed_batch_size`` texts just above the first middleware that works per
+upstream call (``embed_scope = "batch"``: retry, ratelimit, circuit, fallback), so the cache,
+listed first, sees the whole call and sends on only the texts it lacks. Each batch is then one
+request through the rest of the chain: at most one upstream call per attempt, one request permit,
+retried and failed over on its own. At most ``embed_concurrency`` batches are in flight; the first
+batch that fails for good cancels the others and its error is raised. See docs/embeddings.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import PayloadTooLargeError, RequestValidationError
-from .middleware import EMBEDDINGS, check_options
+from .middleware import EMBEDDINGS, CallNextEmbed, check_options
 from .provider import Provider
 from .types import Embeddings, Request, Usage
 from .validate import check_serializable
@@ -28,7 +28,7 @@ from .validate import check_serializable
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_MODEL", "batch_size", "check_texts", "estimate_input_tokens", "merge", "prepare", "run"]
+__all__ = ["DEFAULT_MODEL", "batch_size", "check_texts", "estimate_input_tokens", "merge", "prepare", "split"]
 
 #: The model ``embed()`` uses when none is given.
 DEFAULT_MODEL = "openai/text-embedding-3-small"
@@ -82,10 +82,11 @@ def batch_size(provider: Provider) -> int:
 
 def prepare(
     client: Client, texts: Any, model: str | None, options: dict[str, Any] | None, params: dict[str, Any]
-) -> list[Request]:
-    """Check everything and build one prepared Request per batch; no I/O.
+) -> Request:
+    """Check everything and build the prepared Request of the whole call; no I/O.
 
-    :raises RequestValidationError: bad texts, parameters or options; a provider without embeddings.
+    :raises RequestValidationError: bad texts, parameters or options; a provider without embeddings;
+        a batch above ``max_request_bytes``.
     """
     items = check_texts(texts)
     provider, model_name = client.resolve(model or DEFAULT_MODEL)
@@ -98,11 +99,9 @@ def prepare(
     _check_params(params)
     check_options(options, client.registry.middleware, provider.config)
     size = batch_size(provider)
-    requests = []
-    for start in range(0, len(items), size):
+    for start in range(0, len(items), size):  # every batch that may be sent must fit
         part = items[start : start + size]
-        payload = {**params, "input": part}
-        nbytes = check_serializable([], payload)
+        nbytes = check_serializable([], {**params, "input": part})
         if nbytes > client.config.max_request_bytes:
             raise PayloadTooLargeError(
                 f"a batch of {len(part)} texts is {nbytes} bytes, above max_request_bytes = "
@@ -110,38 +109,50 @@ def prepare(
                 provider=provider.name,
                 model=model_name,
             )
-        request = Request(provider.name, model_name, [], payload, options=dict(options or {}), operation="embeddings")
-        request.state["log"] = {"operation": EMBEDDINGS, "texts": len(part)}
-        provider_prepare = getattr(provider, "prepare", None)
-        if provider_prepare is not None:
-            provider_prepare(request)
-        client.hook.modelwire_request_prepare(request=request)
-        requests.append(request)
-    return requests
+    payload = {**params, "input": items}
+    request = Request(provider.name, model_name, [], payload, options=dict(options or {}), operation="embeddings")
+    request.state["log"] = {"operation": EMBEDDINGS, "texts": len(items)}
+    provider_prepare = getattr(provider, "prepare", None)
+    if provider_prepare is not None:
+        provider_prepare(request)
+    client.hook.modelwire_request_prepare(request=request)
+    return request
 
 
-async def run(client: Client, requests: list[Request]) -> Embeddings:
-    """Send the batches through the embeddings chain, at most ``embed_concurrency`` at once."""
-    provider = client.provider(requests[0].provider)
+async def split(client: Client, request: Request, call_next: CallNextEmbed) -> Embeddings:
+    """The rest of the chain for ``request`` in batches of ``embed_batch_size`` texts, at most
+    ``embed_concurrency`` at once; the answers merged in input order."""
+    provider = client.provider(request.provider)
+    texts: list[str] = request.params["input"]
+    size = batch_size(provider)
+    if len(texts) <= size:
+        return await call_next(request)
+    log = request.state.setdefault("log", {})
+    log["batches"] = -(-len(texts) // size)
     gate = asyncio.Semaphore(provider.config.embed_concurrency)
+    batches = [
+        # own state: a batch's limiter permit and send signal are its own; log fields start from the call's
+        request.replace(params={**request.params, "input": texts[i : i + size]}, state={"log": dict(log)})
+        for i in range(0, len(texts), size)
+    ]
 
-    async def one(request: Request) -> Embeddings:
+    async def one(batch: Request) -> Embeddings:
         async with gate:
-            return await client.embed_prepared(request)
+            return await call_next(batch)
 
-    if len(requests) == 1:
-        return await one(requests[0])
-    tasks = [asyncio.ensure_future(one(r)) for r in requests]
+    tasks = [asyncio.ensure_future(one(b)) for b in batches]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = task.exception() if task.done() and not task.cancelled() else None
+            if error is not None:
+                raise error
         return merge([task.result() for task in tasks])
     finally:
         for task in tasks:
             task.cancel()  # a failed batch (or our caller's cancellation) stops the others
         await asyncio.gather(*tasks, return_exceptions=True)
+        request.attempt = max(b.attempt for b in batches)
 
 
 def merge(parts: list[Embeddings]) -> Embeddings:

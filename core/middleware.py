@@ -16,9 +16,12 @@ Embeddings (``client.embed``) take the chain too, but only through the middlewar
 ``"embeddings"`` in ``applies_to`` (cache, retry, ratelimit, fallback, circuit do). Those get
 ``ahandle_embed``, which by default is ``ahandle`` with ``request.operation == "embeddings"``
 (right for a middleware that only passes the request on and looks at errors); override it when
-the meaning differs (the cache stores one entry per text). A middleware that does not list
-``"embeddings"`` understands chat only: embeddings pass by it, by declaration, and
-``modelwire plugins`` lists it as ``operations: chat``. See docs/embeddings.md.
+the meaning differs (the cache stores one entry per text). An ``embed()`` call is split into
+batches of the provider's ``embed_batch_size`` just above the first middleware whose
+``embed_scope`` is ``"batch"`` (the default: retry, ratelimit, circuit, fallback act per upstream
+call); middleware listed before it with ``embed_scope = "call"`` (the cache) see the whole call.
+A middleware that does not list ``"embeddings"`` understands chat only: embeddings pass by it,
+by declaration, and ``modelwire plugins`` lists it as ``operations: chat``. See docs/embeddings.md.
 
 A middleware written against a blocking library may implement the sync ``handle`` instead of
 ``ahandle``: it then runs in a worker thread with a blocking ``call_next``. Streams have no sync
@@ -101,6 +104,10 @@ class Middleware:
     #: Add ``"embeddings"`` when it handles embeddings requests (see :meth:`ahandle_embed`);
     #: without it, the middleware is declared chat-only and embeddings pass by it.
     applies_to: ClassVar[tuple[str, ...]] = PATHS
+    #: For embeddings: ``"batch"`` (each upstream request, after the call is split into batches)
+    #: or ``"call"`` (the whole ``embed()`` call, before the split; honoured only while every
+    #: middleware listed before it is ``"call"`` too, else it sees batches).
+    embed_scope: ClassVar[str] = "batch"
 
     def __init__(self, config: Any, context: MiddlewareContext) -> None:
         self.config = config
@@ -220,12 +227,22 @@ def operations(cls: type[Any]) -> list[str]:
     return [op for op, on in (("chat", bool(set(applies) & set(PATHS))), (EMBEDDINGS, EMBEDDINGS in applies)) if on]
 
 
-def build_embed_chain(middleware: Sequence[tuple[str, Middleware]], call: CallNextEmbed) -> CallNextEmbed:
+def build_embed_chain(
+    middleware: Sequence[tuple[str, Middleware]],
+    call: CallNextEmbed,
+    split: Callable[..., Coroutine[Any, Any, Embeddings]],
+) -> CallNextEmbed:
     """The embeddings chain: ``call`` wrapped in the middleware that declare ``"embeddings"``,
-    first = outermost, each with its ``on_request`` applied first when it has one."""
-    for name, mw in reversed(middleware):
-        if EMBEDDINGS not in type(mw).applies_to:
-            continue
+    first = outermost, each with its ``on_request`` applied first when it has one; ``split``
+    (which sends a whole call as batches) sits above the first ``embed_scope = "batch"`` one."""
+    applying = [(name, mw) for name, mw in middleware if EMBEDDINGS in type(mw).applies_to]
+    cut = next((i for i, (_, mw) in enumerate(applying) if type(mw).embed_scope != "call"), len(applying))
+    for position in range(len(applying), -1, -1):
+        if position == cut:
+            call = functools.partial(split, call_next=call)
+        if position == 0:
+            break
+        name, mw = applying[position - 1]
         on_request = mw.on_request if _overrides(type(mw), "on_request") else None
         call = (
             functools.partial(mw.ahandle_embed, call_next=call)

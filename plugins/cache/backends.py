@@ -61,6 +61,15 @@ class Backend:
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         raise NotImplementedError
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """:meth:`get` of each key (one round trip where the store allows: embeddings batches)."""
+        return [self.get(key) for key in keys]
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        """:meth:`set` of each ``(key, value)``."""
+        for key, value in items:
+            self.set(key, value, ttl)
+
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
@@ -219,6 +228,21 @@ class FileBackend(Backend):
             self._recreate(exc)
             raise
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        try:  # one open and one lock for the whole batch, not one per key
+            values = self._dogpile.get_serialized_multi(keys)
+        except (ValueError, SyntaxError, *dbm.error) as exc:
+            self._recreate(exc)
+            raise
+        return [None if v is NO_VALUE else bytes(v) for v in values]
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        try:
+            self._dogpile.set_serialized_multi(dict(items))
+        except (ValueError, SyntaxError, *dbm.error) as exc:
+            self._recreate(exc)
+            raise
+
     def _recreate(self, exc: BaseException) -> None:
         """The dbm file is unreadable (truncated or overwritten index): start an empty one, under
         the write lock so another process never sees it half-made. The caller's op still fails
@@ -310,6 +334,16 @@ class RedisCacheBackend(Backend):
             self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
         else:
             self.client.set(self.prefix + key, value)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = self.client.mget([self.prefix + key for key in keys]) if keys else []
+        return [None if v is None else bytes(v) for v in values]
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
+        pipe = self.client.pipeline(transaction=False)  # one round trip
+        for key, value in items:
+            pipe.set(self.prefix + key, value, px=max(1, int(ttl * 1000)) if ttl else None)
+        pipe.execute()
 
     def delete(self, key: str) -> None:
         self._dogpile.delete(self.prefix + key)

@@ -75,9 +75,8 @@ def _encode(vector: list[float], ttl: float | None) -> bytes:
 
 
 async def _read_many(cache: CacheMiddleware, keys: list[str]) -> list[list[float] | None]:
-    backend = cache.store.backend
-    # One hop off the event loop for the whole batch, not one per text.
-    raw = await cache.store.call("get_many", lambda: [backend.get(k) for k in keys])
+    # One hop off the event loop and one backend round trip for the whole batch, not one per text.
+    raw = await cache.store.call("get_many", cache.store.backend.get_many, keys)
     if cache.store.failed(raw):
         return [None] * len(keys)
     cache.metrics.bytes_read += sum(len(d) for d in raw if d is not None)
@@ -85,13 +84,7 @@ async def _read_many(cache: CacheMiddleware, keys: list[str]) -> list[list[float
 
 
 async def _write_many(cache: CacheMiddleware, items: list[tuple[str, bytes]], ttl: float | None) -> None:
-    backend = cache.store.backend
-
-    def write() -> None:
-        for key, value in items:
-            backend.set(key, value, ttl)
-
-    if not cache.store.failed(await cache.store.call("set_many", write)):
+    if not cache.store.failed(await cache.store.call("set_many", cache.store.backend.set_many, items, ttl)):
         cache.metrics.stores += len(items)
         cache.metrics.bytes_written += sum(len(v) for _, v in items)
 

@@ -274,6 +274,20 @@ def test_chat_only_middleware_is_passed_by_visibly_and_declared_ones_see_the_ope
     client.close()
 
 
+def test_modelwire_plugins_shows_the_operations(tmp_path: Any, server: FakeServer) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "modelwire.toml"
+    config.write_text('middleware = ["cache", "retry"]\n')
+    env = {"MODELWIRE_CONFIG": str(config), "PATH": "/usr/bin:/bin", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    out = subprocess.run([sys.executable, "-m", "modelwire.cli", "plugins"], capture_output=True, text=True,
+                         env=env, check=True, timeout=120).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if "operations:" in line}
+    assert "operations: chat, embeddings" in lines["cache"] and "operations: chat, embeddings" in lines["retry"]
+    assert "operations: chat " in lines["otel"]  # declared for chat only: passed by for embeddings
+
+
 def test_hooks_see_the_operation(make_client: MakeClient, server: FakeServer) -> None:
     seen: list[tuple[str, str, Any]] = []
 
@@ -290,12 +304,12 @@ def test_hooks_see_the_operation(make_client: MakeClient, server: FakeServer) ->
     client = make_client(plugins=(Observer(),), providers=providers)
     with capture_events() as logs:
         client.embed(["a", "b", "c"], model="local/e")
-    prepares = [s for s in seen if s[0] == "prepare"]
-    assert prepares == [("prepare", "embeddings", ["a", "b"]), ("prepare", "embeddings", ["c"])]
-    assert [s for s in seen if s[0] == "response"] == [("response", "embeddings", "Embeddings")] * 2
-    responses = [e for e in logs if e["event"] == "llm.response"]
-    assert sorted(e["texts"] for e in responses) == [1, 2]
-    assert all(e["operation"] == "embeddings" and e["completion_tokens"] == 0 for e in responses)
+    # one logical request: prepared and answered once, sent as two batches
+    assert seen == [("prepare", "embeddings", ["a", "b", "c"]), ("response", "embeddings", "Embeddings")]
+    assert sent_inputs(server) == [["a", "b"], ["c"]]
+    (response,) = [e for e in logs if e["event"] == "llm.response"]
+    assert response["operation"] == "embeddings" and response["texts"] == 3 and response["batches"] == 2
+    assert response["completion_tokens"] == 0 and response["prompt_tokens"] == 3
     assert not [e for e in logs if e["event"] == "observer_failed"]
     client.close()
 
