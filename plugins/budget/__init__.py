@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelwire.hookspecs import hookimpl
+from modelwire.log import logger
 from modelwire.middleware import Middleware
 from modelwire.types import Request
 
@@ -41,6 +42,12 @@ def modelwire_register_middleware(register: Callable[[str, type[Middleware]], No
 @hookimpl
 def modelwire_client_created(client: Any) -> None:
     budget = budget_of(client)
+    section = client.config.sections.get("budget")
+    if budget is None and isinstance(section, dict) and section.get("limits"):
+        # Leaving "budget" out of the list is how it is turned off, so this is no error; but caps
+        # that look configured and do not apply must not go unnoticed.
+        logger.warning("budget.not_enabled", limits=len(section["limits"]),
+                       hint='[budget] limits are configured but "budget" is not in the middleware list')
     if budget is not None:
         from modelwire.plugins.cost import CostObserver
 

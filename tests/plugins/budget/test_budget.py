@@ -299,3 +299,12 @@ async def test_bad_per_call_options(make_client: MakeClient, server: FakeServer)
     with pytest.raises(RequestValidationError, match=r"options\.budget\.namespace"):
         await client.acomplete("x", model=MODEL, options={"budget": {"namespace": "a b/c"}})
     assert server.calls() == 0
+
+
+def test_limits_without_the_middleware_are_reported(make_client: MakeClient) -> None:
+    with capture_events() as logs:
+        make_client(middleware=["cache"], budget=tokens_budget(100))
+        make_client(middleware=["cache", "budget"], budget=tokens_budget(100))
+        make_client(middleware=["cache"])
+    [event] = [e for e in logs if e["event"] == "budget.not_enabled"]
+    assert event["log_level"] == "warning" and event["limits"] == 1
