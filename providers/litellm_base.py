@@ -135,9 +135,12 @@ def warm_imports() -> None:
                 pass
         # litellm imports its callback and proxy types lazily inside the first completion call;
         # a mock response walks that path without any network.
-        module.completion(
-            model="openai/warmup", messages=[{"role": "user", "content": "-"}], mock_response="-", api_key="-"
-        )
+        try:
+            module.completion(
+                model="openai/warmup", messages=[{"role": "user", "content": "-"}], mock_response="-", api_key="-"
+            )
+        except Exception:  # best effort (at interpreter exit litellm's executor refuses work)
+            pass
         _warm.set()
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import os
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,7 +50,7 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
     """httpx's own transport, plus one resend of undelivered requests and per-attempt discard."""
 
     def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
+        self._inner = httpx.AsyncHTTPTransport(limits=LoopTransport.limits())
         self._open: dict[str, httpx.AsyncByteStream] = {}
         self.resends = 0
 
@@ -94,6 +95,13 @@ class LoopTransport:
         self.sdk_clients: dict[str, Any] = {}
         self.closed = False
         self._finalizer: AsyncIterator[None] | None = None
+
+    @staticmethod
+    def limits() -> httpx.Limits:
+        """Pool size: litellm's documented knob ``AIOHTTP_CONNECTOR_LIMIT_PER_HOST`` keeps working
+        (its aiohttp pool is no longer used for our calls); httpx's defaults otherwise."""
+        size = int(os.environ.get("AIOHTTP_CONNECTOR_LIMIT_PER_HOST") or 100)
+        return httpx.Limits(max_connections=size, max_keepalive_connections=min(20, size))
 
     def start(self) -> None:
         """Park a generator that ``loop.shutdown_asyncgens()`` finalizes (closing this client).
