@@ -361,3 +361,10 @@ def test_provider_without_embeddings_is_refused_before_the_network(
         client.embed(["a"], model="noembed/m")
     assert server.requests == []
     client.close()
+
+
+def test_embeddings_guide_blocks_run(tmp_path: Any) -> None:
+    """docs/embeddings.md runs, through the same runner as the other guides."""
+    from tests.docs.test_doc_blocks import test_guide_blocks_run as run_guide
+
+    run_guide("embeddings.md", tmp_path)
