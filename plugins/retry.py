@@ -186,21 +186,55 @@ class RetryMiddleware(Middleware):
             deadline = _option(request, "deadline", deadline, float, 0)
         return _Attempts(max_attempts, None if deadline is None else self.clock() + deadline)
 
-    async def _timed(self, call: Awaitable[Any], request: Request, state: _Attempts) -> Any:
-        """Await one attempt under ``attempt_timeout`` and the remaining total deadline."""
+    def _limit(self, state: _Attempts) -> tuple[float | None, bool]:
+        """Seconds the attempt may take from now, and whether the total deadline is what bounds it."""
         limit = self.config.attempt_timeout
-        by_deadline = False
         if state.deadline_at is not None:
             remaining = state.deadline_at - self.clock()
             if limit is None or remaining <= limit:
-                limit, by_deadline = max(remaining, 0.0), True
+                return max(remaining, 0.0), True
+        return limit, False
+
+    async def _timed(self, call: Awaitable[Any], request: Request, state: _Attempts) -> Any:
+        """Await one attempt under ``attempt_timeout`` and the remaining total deadline.
+
+        ``attempt_timeout`` is the provider's time: a rate limiter inside calls
+        ``request.state["on_queued"]`` when the attempt starts waiting for permits and
+        ``request.state["on_admitted"]`` when it lets the attempt go (see
+        modelwire.plugins.ratelimit); in between only the total ``deadline`` runs, and the
+        attempt's clock starts again at admission. The deadline counts everything.
+        """
+        limit, by_deadline = self._limit(state)
         if limit is None:
             return await call
         try:
             if _timeout is not None:
-                async with _timeout(limit):
-                    return await call
-            return await asyncio.wait_for(call, limit)  # pragma: no cover - Python 3.10
+                async with _timeout(limit) as timer:
+                    if not by_deadline:
+                        loop = asyncio.get_running_loop()
+
+                        def queued() -> None:
+                            nonlocal by_deadline
+                            if timer.expired():
+                                return
+                            by_deadline = state.deadline_at is not None
+                            left = None if state.deadline_at is None else max(state.deadline_at - self.clock(), 0.0)
+                            timer.reschedule(None if left is None else loop.time() + left)
+
+                        def admitted() -> None:
+                            nonlocal by_deadline
+                            if timer.expired():
+                                return
+                            again, by_deadline = self._limit(state)
+                            timer.reschedule(None if again is None else loop.time() + again)
+
+                        request.state["on_queued"], request.state["on_admitted"] = queued, admitted
+                    try:
+                        return await call
+                    finally:
+                        request.state.pop("on_queued", None)
+                        request.state.pop("on_admitted", None)
+            return await asyncio.wait_for(call, limit)  # pragma: no cover - Python 3.10 counts queueing
         except (TimeoutError, asyncio.TimeoutError):
             if by_deadline:
                 self.stats["deadline_exceeded"] += 1

@@ -29,15 +29,17 @@ from modelwire.types import Chunk, Completion, LimitSpec, Request, Usage
 from .config import RateLimitConfig, RateLimitOptions, estimate_tokens, match_rule
 from .engine import Engine, Permit
 
-__all__ = ["ON_ADMITTED", "ON_SEND", "RESPONSE_HEADERS", "RateLimitConfig", "RateLimitMiddleware"]
+__all__ = ["ON_ADMITTED", "ON_QUEUED", "ON_SEND", "RESPONSE_HEADERS", "RateLimitConfig", "RateLimitMiddleware"]
 
 #: ``request.state`` keys shared with the provider and the retry middleware (docs/ratelimit.md):
 #: a provider whose class sets ``reports_send = True`` calls ``state[ON_SEND]()`` just before the
 #: request goes on the wire (the permit counts from then); a stream provider puts its response
-#: headers in ``state[RESPONSE_HEADERS]``; retry puts a callback in ``state[ON_ADMITTED]``,
-#: called when the limiter lets the attempt go.
+#: headers in ``state[RESPONSE_HEADERS]``; retry puts callbacks in ``state[ON_QUEUED]``, called
+#: when a limited attempt starts waiting for its permits, and ``state[ON_ADMITTED]``, called
+#: when the limiter lets it go (retry's attempt_timeout does not count the time between).
 ON_SEND = "on_send"
 RESPONSE_HEADERS = "response_headers"
+ON_QUEUED = "on_queued"
 ON_ADMITTED = "on_admitted"
 
 
@@ -108,6 +110,7 @@ class RateLimitMiddleware(Middleware):
         spec = self.spec(request)
         if spec is None:
             return None
+        _signal(request, ON_QUEUED)  # from here until admitted: the queue's time, not the provider's
         provider = await self._provider(request)
         plan = self.engine.plan(spec)
         if getattr(provider, "reports_send", False):
@@ -129,9 +132,7 @@ class RateLimitMiddleware(Middleware):
             raise
         request.state.setdefault("log", {})["limiter_wait_ms"] = round(permit.waited * 1000, 2)
         request.state[ON_SEND] = _on_send(self.engine, permit)
-        admitted = request.state.get(ON_ADMITTED)
-        if callable(admitted):
-            admitted()  # retry's attempt_timeout starts now: the queue is not the provider's time
+        _signal(request, ON_ADMITTED)  # retry's attempt_timeout starts now
         if permit.waited >= 0.001 and self._delayed_hook is not None:
             try:
                 self._delayed_hook(request=request, delay=permit.waited)
@@ -201,6 +202,12 @@ class RateLimitMiddleware(Middleware):
             "queue_depth": {k: v for k, v in s.queued.items() if v},
             "in_flight": {k: v for k, v in s.in_flight.items() if v},
         }
+
+
+def _signal(request: Request, key: str) -> None:
+    callback = request.state.get(key)
+    if callable(callback):
+        callback()
 
 
 def _on_send(engine: Engine, permit: Permit) -> Callable[[], None]:
