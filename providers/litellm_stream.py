@@ -244,6 +244,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
         wrapper = await _open(provider, request, args, clock)
         response = getattr(getattr(wrapper, "completion_stream", None), "response", None)
         headers: Mapping[str, str] = getattr(response, "headers", None) or {}
+        request.state["response_headers"] = headers  # the rate limiter's use_headers (x-ratelimit-*)
         parser = EventParser(provider.name, request.model, headers, request_id(headers))
         progress = _Progress(parser, settings)
         if response is None or not hasattr(response, "aiter_bytes"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from modelwire.embeddings import estimate_input_tokens
@@ -162,6 +162,7 @@ class RateLimitMiddleware(Middleware):
             return
         usage: Usage | None = None
         error: BaseException | None = None
+        request.state.pop(RESPONSE_HEADERS, None)  # an earlier attempt's headers say nothing of this one
         upstream = call_next(request)
         try:
             async for chunk in upstream:
@@ -177,7 +178,7 @@ class RateLimitMiddleware(Middleware):
             headers = request.state.get(RESPONSE_HEADERS) if error is None else None
             await _shielded(self.engine.finish(
                 permit, usage=usage if error is None else None, error=error,
-                headers=headers if isinstance(headers, dict) else None,
+                headers=headers if isinstance(headers, Mapping) else None,
             ))
 
     # -- lifecycle and introspection -------------------------------------------------------------

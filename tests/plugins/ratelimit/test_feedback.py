@@ -80,6 +80,24 @@ def test_remaining_zero_pauses_until_the_reset(
     assert waited >= 1.3 if use_headers else waited < 0.5
 
 
+@pytest.mark.parametrize("use_headers", [True, False])
+def test_remaining_zero_on_a_stream_pauses_until_the_reset(
+    make_client: Callable[..., modelwire.Client], server: FakeServer, use_headers: bool
+) -> None:
+    """The same headers on a streamed answer (issue 9, P2: streams used to ignore them)."""
+    client = make_client(middleware=["ratelimit"], ratelimit={
+        "use_headers": use_headers, "limits": [{"match": "openai/*", "rps": 100}]})
+    reply = Reply.stream(["last one", " this window"])
+    reply.headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s"}
+    server.script(reply)
+    assert "".join(chunk.text for chunk in client.stream("a", model=MODEL)) == "last one this window"
+    start = time.monotonic()
+    client.complete("b", model=MODEL)
+    if use_headers:
+        assert time.monotonic() - start >= 1.3  # a lower bound: holds however busy the machine
+    assert client.middleware[0].describe()["cooldowns"] == (1 if use_headers else 0)
+
+
 async def test_L09_smoothing_keeps_a_short_window_server_from_answering_429(
     make_client: Callable[..., modelwire.Client], server: FakeServer
 ) -> None:
