@@ -57,12 +57,24 @@ def run_demo(echo: Callable[[str], None] = print, middleware: list[str] | None =
         echo("   " + " | ".join(pieces))
         final = stream.get_final_completion()
         echo(f"   finish_reason={final.finish_reason}, usage={final.usage}")
-        for n, (title, step) in enumerate(client.registry.demo_steps.items(), start=3):
+        echo("\n3. Embeddings: one vector per text, in input order (the cache sends only new texts)")
+        _embeddings(client, server, echo)
+        for n, (title, step) in enumerate(client.registry.demo_steps.items(), start=4):
             echo(f"\n{n}. {title}")
             step(client, server, echo)
         echo(f"\nThe server saw {server.calls()} chat requests. Point modelwire at a real provider with a")
         echo("modelwire.toml (see README) and run: modelwire complete 'Say hi' --model openai/gpt-4o")
     return 0
+
+
+def _embeddings(client: Client, server: FakeServer, echo: Callable[[str], None]) -> None:
+    model = "openai/text-embedding-3-small"
+    first = client.embed(["red", "green"], model=model)
+    before = server.calls("embeddings")
+    second = client.embed(["green", "blue", "red"], model=model)
+    sent = [r.json["input"] for r in server.requests if r.route == "embeddings"][before:]
+    echo(f"   {len(first.vectors)} vectors of {len(first.vectors[0])} floats; then 3 texts: from_cache="
+         f"{second.from_cache}, sent upstream: {sent}")
 
 
 def _tokens(response: Completion) -> str:

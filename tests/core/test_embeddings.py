@@ -368,3 +368,15 @@ def test_embeddings_guide_blocks_run(tmp_path: Any) -> None:
     from tests.docs.test_doc_blocks import test_guide_blocks_run as run_guide
 
     run_guide("embeddings.md", tmp_path)
+
+
+def test_demo_step(make_client: MakeClient, server: FakeServer) -> None:
+    from modelwire import demo
+
+    client = make_client(middleware=["cache"])
+    lines: list[str] = []
+    demo._embeddings(client, server, lines.append)
+    (line,) = lines
+    assert "2 vectors of 8 floats" in line
+    assert line.endswith("from_cache=[True, False, True], sent upstream: [['blue']]")
+    client.close()
