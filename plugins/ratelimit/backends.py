@@ -401,6 +401,10 @@ class ThreadedBackend(Backend):
         except BackendUnavailable:
             pass
         self._executor.shutdown(wait=False, cancel_futures=True)
+        # A closed client may be used again (Client.close(), then a call): the worker (its
+        # thread starts on first use), the connection and the buckets are made again then.
+        self._executor = self._new_executor()
+        self.factory.buckets.clear()
 
     def _close_store(self) -> None:
         return None

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import modelwire
-from modelwire.errors import RateLimiterUnavailableError
+from modelwire.errors import RateLimiterUnavailableError, RateLimitExceeded
 from modelwire.testing import FakeServer, RedisServer
 from tests.conftest import SENTINEL_KEY
 from tests.plugins.ratelimit.test_middleware import MODEL, chat_times, max_in_window
@@ -198,3 +198,31 @@ def test_L11_creating_and_closing_limiters_leaks_no_threads_or_connections(
     assert threading.active_count() <= threads + 1
     assert connections() <= conns + 1
     probe.close()
+
+
+# -- close, then use again (issue 9, P2) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_close_then_reuse_reopens_the_shared_backend(
+    make_client: Callable[..., modelwire.Client], server: FakeServer, tmp_path: Any, redis_server: RedisServer,
+    backend: str,
+) -> None:
+    section: dict[str, Any] = {"backend": backend, "limits": [{"match": "openai/*", "rps": 1}]}
+    if backend == "sqlite":
+        section["path"] = str(tmp_path / "limits.sqlite")
+    else:
+        section.update(url=redis_server.url, key_prefix=f"reuse-{time.time_ns()}:")
+    client = make_client(middleware=["ratelimit"], ratelimit=section)
+    client.complete("before close", model=MODEL)
+    client.close()
+    # The store still holds the first request's permit: the reopened backend sees it (a silent
+    # local fallback would not, and would admit at once).
+    with pytest.raises(RateLimitExceeded):
+        client.complete("right after close", model=MODEL, options={"ratelimit": {"max_wait": 0.0}})
+    assert client.complete("after close", model=MODEL).text == "echo: after close"
+    client.close()
+    assert client.complete("after a second close", model=MODEL).text == "echo: after a second close"
+    state = client.middleware[0].describe()
+    assert state["backend_errors"] == 0 and state["fallback_admissions"] == 0, state
+    client.close()
