@@ -12,7 +12,7 @@ import pytest
 
 import modelwire
 from modelwire import Embeddings, Middleware, Request, hookimpl
-from modelwire.errors import ModelwireError, RateLimitExceeded, RequestValidationError
+from modelwire.errors import CircuitOpenError, ModelwireError, RateLimitExceeded, RequestValidationError
 from modelwire.middleware import CallNext
 from modelwire.testing import FakeServer, Reply, capture_events
 from modelwire.testing.server import fake_vector
@@ -176,6 +176,18 @@ def test_fallback_to_another_target(make_client: MakeClient, server: FakeServer)
     result = client.embed(["x"], model="openai/e")
     assert result.vectors == [fake_vector("x")] and result.provider == "local"
     assert [r.json["model"] for r in server.requests if r.route == "embeddings"] == ["e", "e2"]
+    client.close()
+
+
+def test_circuit_opens_on_embedding_failures(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["circuit"], circuit={"failure_threshold": 2})
+    server.script(*[Reply.error(500)] * 2, match="/embeddings")
+    for _ in range(2):
+        with pytest.raises(ModelwireError):
+            client.embed(["x"], model="openai/e")
+    with pytest.raises(CircuitOpenError):
+        client.embed(["x"], model="openai/e")
+    assert server.calls("embeddings") == 2  # refused before the network
     client.close()
 
 
