@@ -151,6 +151,19 @@ def test_one_upstream_call_per_attempt_without_retry_middleware(
     client.close()
 
 
+def test_no_api_key_in_errors_or_logs(make_client: MakeClient, server: FakeServer, modelwire_api_key: str) -> None:
+    client = make_client()
+    server.script(Reply.error(401, f"Incorrect API key provided: {modelwire_api_key}", type="invalid_request_error"),
+                  match="/embeddings")
+    with capture_events() as logs, pytest.raises(ModelwireError) as info:
+        client.embed(["x"], model="azure/e")
+    error = info.value
+    assert error.status == 401 and error.__cause__ is None and error.__context__ is None
+    assert modelwire_api_key not in f"{error} {error!r} {vars(error)}"
+    assert modelwire_api_key not in repr(logs)
+    client.close()
+
+
 def test_retry_on_500_then_success(make_client: MakeClient, server: FakeServer) -> None:
     client = make_client(middleware=["retry"], retry={"base_delay": 0.01, "max_delay": 0.05})
     server.script(Reply.error(500), match="/embeddings")
