@@ -12,7 +12,13 @@ import pytest
 
 import modelwire
 from modelwire import Embeddings, Middleware, Request, hookimpl
-from modelwire.errors import CircuitOpenError, ModelwireError, RateLimitExceeded, RequestValidationError
+from modelwire.errors import (
+    CircuitOpenError,
+    InvalidResponseError,
+    ModelwireError,
+    RateLimitExceeded,
+    RequestValidationError,
+)
 from modelwire.middleware import CallNext
 from modelwire.testing import FakeServer, Reply, capture_events
 from modelwire.testing.server import fake_vector
@@ -83,6 +89,23 @@ def test_aembed_and_module_level_embed(
     monkeypatch.setattr(modelwire, "_default", None)  # a default client built from this config
     assert modelwire.embed(["x", "y"], model="local/m") == [fake_vector("x"), fake_vector("y")]
     modelwire.default_client().close()
+
+
+def test_answers_out_of_order_are_put_back_by_index(make_client: MakeClient, server: FakeServer) -> None:
+    reply = Reply.embeddings(["a", "b", "c"])
+    reply.body["data"].reverse()  # some servers answer in completion order, each item with its index
+    server.script(reply, match="/embeddings")
+    client = make_client()
+    assert client.embed(["a", "b", "c"], model="local/e").vectors == [fake_vector(t) for t in "abc"]
+    client.close()
+
+
+def test_a_short_answer_is_an_invalid_response(make_client: MakeClient, server: FakeServer) -> None:
+    server.script(Reply.embeddings(["a"]), match="/embeddings")
+    client = make_client()
+    with pytest.raises(InvalidResponseError, match="1 embeddings for 2 texts"):
+        client.embed(["a", "b"], model="local/e")
+    client.close()
 
 
 # -- batches and concurrency ------------------------------------------------------------------
