@@ -90,7 +90,7 @@ def prepare(
     """
     items = check_texts(texts)
     provider, model_name = client.resolve(model or DEFAULT_MODEL)
-    if type(provider).aembed is Provider.aembed:
+    if not provider.supports_embeddings():
         raise RequestValidationError(
             f"provider '{provider.name}' ({type(provider).__name__}) does not support embeddings",
             provider=provider.name,

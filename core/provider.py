@@ -158,9 +158,19 @@ class Provider:
 
     async def aembed(self, request: Request) -> Embeddings:
         """Embed ``request.params["input"]`` (a list of at most ``embed_batch_size`` texts) in
-        one upstream call; vectors in input order. A kind that does not override it has no
-        embeddings: ``client.embed`` refuses it before any network call."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement aembed")
+        one upstream call; vectors in input order. A kind that overrides neither this nor the
+        sync ``embed`` has no embeddings: ``client.embed`` refuses it before any network call."""
+        if type(self).embed is Provider.embed:
+            raise NotImplementedError(f"{type(self).__name__} implements neither embed nor aembed")
+        return await asyncio.to_thread(self.embed, request)
+
+    def embed(self, request: Request) -> Embeddings:
+        return portal.run(self.aembed(request))
+
+    @classmethod
+    def supports_embeddings(cls) -> bool:
+        """Whether this kind overrides ``aembed`` or ``embed``."""
+        return cls.aembed is not Provider.aembed or cls.embed is not Provider.embed
 
     async def awarmup(self) -> None:
         """Load what a first call needs (imports, pools) without blocking the loop; idempotent.

@@ -428,3 +428,19 @@ def test_demo_step(make_client: MakeClient, server: FakeServer) -> None:
     assert "2 vectors of 8 floats" in line
     assert line.endswith("from_cache=[True, False, True], sent upstream: [['blue']]")
     client.close()
+
+
+def test_a_provider_with_only_the_sync_embed(make_client: MakeClient, server: FakeServer) -> None:
+    class SyncEmbed(modelwire.Provider):
+        def embed(self, request: Request) -> Embeddings:  # a blocking SDK: run in a worker thread
+            return Embeddings([[float(len(t))] for t in request.params["input"]], request.model, self.name)
+
+    class Kinds:
+        @hookimpl
+        def modelwire_register_providers(self, register: Any) -> None:
+            register("syncembed", SyncEmbed)
+
+    client = make_client(plugins=(Kinds(),), middleware=["cache", "retry"])
+    assert client.embed(["a", "bb", "ccc"], model="syncembed/m").vectors == [[1.0], [2.0], [3.0]]
+    assert client.embed(["bb"], model="syncembed/m").cached is True
+    client.close()
