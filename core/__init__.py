@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .hookspecs import hookimpl
-from .types import Chunk, Completion, Embeddings, LimitSpec, Request, ToolCallDelta, Usage
+from .types import Chunk, Completion, Embeddings, LimitSpec, Request, ToolCall, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -40,6 +40,7 @@ __all__ = [
     "ProviderConfig",
     "Request",
     "SyncStream",
+    "ToolCall",
     "ToolCallDelta",
     "Usage",
     "complete",

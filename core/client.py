@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import Any
 
-from . import portal
+from . import portal, structured
 from .config import CORE_KEYS, Config, load_config, validate_section
 from .errors import (
     ConfigurationError,
@@ -166,6 +166,10 @@ class Client:
         name = provider.name
         messages = normalize_messages(prompt)
         check_options(options, self.registry.middleware, provider.config)
+        # before the JSON checks: a pydantic class becomes its schema (and the cache key with it)
+        messages, structure = structured.prepare(
+            messages, params, getattr(provider.config, "structured_output", "json_schema")
+        )
         size = check_serializable(messages, params)
         check_params(params)
         if size > self.config.max_request_bytes:
@@ -175,6 +179,8 @@ class Client:
                 model=model_name,
             )
         request = Request(name, model_name, messages, params, stream, options or {})
+        if structure is not None:
+            request.state[structured.STATE_KEY] = structure
         prepare = getattr(provider, "prepare", None)
         if prepare is not None:
             prepare(request)
@@ -216,7 +222,7 @@ class Client:
             raise _internal(exc, request) from exc
         latency = perf_counter() - start
         self.notify(self.hook.modelwire_response_received, request=request, response=response, latency=latency)
-        return response
+        return structured.apply(request, response)  # after the observers: a bad answer was still billed
 
     def astream(self, prompt: Any, *, model: str | None = None, **kwargs: Any) -> AsyncStream:
         """Stream a completion: ``async for chunk in client.astream(...)``; see :class:`AsyncStream`."""

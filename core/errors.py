@@ -44,7 +44,9 @@ __all__ = [
     "StreamInterruptedError",
     "StreamProtocolError",
     "StreamRepetitionError",
+    "StructuredOutputError",
     "SyncCallError",
+    "ToolArgumentsError",
     "UnknownProviderError",
     "is_secret_name",
     "redact",
@@ -213,6 +215,33 @@ class SyncCallError(ModelwireError):
     middleware on modelwire's own event loop (use the async API there)."""
 
 
+class ToolArgumentsError(ModelwireError):
+    """A tool call's arguments are not a JSON object (``ToolCall.arguments_json()``), or the call
+    was cut short by an interrupted stream.
+
+    :ivar call: the :class:`~modelwire.tools.ToolCall` (id, name, raw arguments).
+    """
+
+    def __init__(self, message: str, *, call: Any = None, **kw: Any) -> None:
+        self.call = call
+        super().__init__(message, **kw)
+
+
+class StructuredOutputError(ModelwireError):
+    """The answer to a ``response_format`` request is not valid JSON or does not match the schema.
+    Never cached; the answer was billed.
+
+    :ivar text: the raw text the model produced.
+    :ivar errors: the validation errors (pydantic's ``errors()`` shape: ``type``, ``loc``, ``msg``).
+    """
+
+    def __init__(self, message: str, *, text: str = "", errors: list[dict[str, Any]] | None = None,
+                 **kw: Any) -> None:
+        self.text = text
+        self.errors = list(errors or [])
+        super().__init__(message, **kw)
+
+
 class ProviderError(ModelwireError):
     """The provider (or the transport to it) failed.
 
@@ -221,14 +250,14 @@ class ProviderError(ModelwireError):
     :ivar partial_text: text of choice 0 received before the failure ("" when none).
     :ivar chunks: chunks the caller received.
     :ivar usage_known: whether the provider reported usage before the failure.
-    :ivar partial_tool_calls: tool calls assembled so far, each with ``"complete": False``;
-        never execute them.
+    :ivar partial_tool_calls: the :class:`~modelwire.tools.ToolCall` objects assembled so far,
+        each with ``complete=False``; never execute them.
     """
 
     partial_text: str = ""
     chunks: int = 0
     usage_known: bool = False
-    partial_tool_calls: tuple[dict[str, Any], ...] = ()
+    partial_tool_calls: tuple[Any, ...] = ()
 
 
 class AuthenticationError(ProviderError):

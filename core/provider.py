@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
@@ -50,6 +50,10 @@ class ProviderConfig(BaseModel):
     embed_batch_size: int | None = Field(None, ge=1)
     #: Embeddings requests of one ``embed()`` call in flight at once.
     embed_concurrency: int = Field(4, ge=1)
+    #: How ``response_format=<pydantic model or schema>`` is asked for: ``json_schema`` (OpenAI,
+    #: Azure, vLLM, llama.cpp, Ollama >= 0.5, LM Studio) or ``json_object`` plus the schema in a
+    #: system message, for servers that know only JSON mode (docs/tools.md).
+    structured_output: Literal["json_schema", "json_object"] = "json_schema"
     params: dict[str, Any] = {}
 
     @field_validator("api_base")

@@ -21,10 +21,16 @@ from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from . import portal
-from .errors import ContentFilterError, ModelwireError, ProviderError, StreamInterruptedError
+from . import portal, structured
+from .errors import (
+    ContentFilterError,
+    ModelwireError,
+    ProviderError,
+    StreamInterruptedError,
+    StructuredOutputError,
+)
 from .middleware import aclose_stream
-from .types import Chunk, Completion, Request, Usage
+from .types import Chunk, Completion, Request, ToolCall, Usage
 
 if TYPE_CHECKING:
     from .client import Client
@@ -40,9 +46,8 @@ class _ToolCall:
         self.name: str | None = None
         self.arguments = io.StringIO()
 
-    def as_dict(self) -> dict[str, Any]:
-        function = {"name": self.name, "arguments": self.arguments.getvalue()}
-        return {"id": self.id, "type": "function", "function": function}
+    def as_call(self, complete: bool = True) -> ToolCall:
+        return ToolCall(self.id or "", self.name or "", self.arguments.getvalue(), complete=complete)
 
 
 class _Choice:
@@ -55,8 +60,8 @@ class _Choice:
         self.tool_calls: dict[int, _ToolCall] = {}
         self.finish_reason: str | None = None
 
-    def calls(self) -> list[dict[str, Any]]:
-        return [call.as_dict() for _, call in sorted(self.tool_calls.items())]
+    def calls(self, complete: bool = True) -> list[ToolCall]:
+        return [call.as_call(complete) for _, call in sorted(self.tool_calls.items())]
 
 
 class AsyncStream:
@@ -97,6 +102,8 @@ class AsyncStream:
         #: Set by :meth:`SyncStream.close` from another thread before it cancels the pending read.
         self._stop_requested = False
         self._final: dict[int, Completion] | None = None
+        #: Choices whose text did not parse as the requested ``response_format`` (docs/tools.md).
+        self._unparsed: dict[int, StructuredOutputError] = {}
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -190,13 +197,29 @@ class AsyncStream:
         return self.usage is not None
 
     @property
-    def tool_calls(self) -> list[dict[str, Any]]:
+    def tool_calls(self) -> list[ToolCall]:
         """Choice 0's tool calls assembled so far (complete only after a successful end)."""
         choice = self._choices.get(0)
         return choice.calls() if choice is not None else []
 
+    def completion(self, index: int = 0) -> Completion:
+        """The whole completion of choice ``index`` (text, assembled tool calls, usage,
+        finish_reason, and ``parsed`` for a ``response_format`` request); only after the stream
+        ended successfully. A plain method on both stream kinds: nothing is left to wait for.
+
+        :raises ModelwireError: when the stream has not ended successfully (an interrupted
+            stream raised its error while being iterated; it carries the partial tool calls).
+        :raises StructuredOutputError: when the text does not parse as the ``response_format``.
+        """
+        final = self.get_final_completion(index)
+        if index in self._unparsed:
+            raise self._unparsed[index]
+        return final
+
     def get_final_completion(self, index: int = 0) -> Completion:
-        """The whole completion of choice ``index``; only after the stream ended successfully."""
+        """The whole completion of choice ``index``; only after the stream ended successfully.
+        Unlike :meth:`completion` it does not raise when the text fails its ``response_format``
+        (``parsed`` is then None)."""
         if self._final is None:
             raise ModelwireError(
                 "the stream has not finished successfully: iterate it to the end first"
@@ -234,6 +257,11 @@ class AsyncStream:
             return
         choices = self._choices or {0: _Choice()}
         self._final = {i: self._completion(i, c) for i, c in sorted(choices.items())}
+        for i, completion in self._final.items():
+            try:
+                structured.apply(self.request, completion)
+            except StructuredOutputError as exc:  # raised by completion(): the text itself streamed fine
+                self._unparsed[i] = exc
         final = self._final[min(self._final)]
         self._end(final.finish_reason or "done", response=final)
 
@@ -243,9 +271,7 @@ class AsyncStream:
             exc.chunks = self.chunks
             exc.usage_known = self.usage_known
             choice = self._choices.get(0)
-            exc.partial_tool_calls = tuple(
-                {**call, "complete": False} for call in (choice.calls() if choice is not None else [])
-            )
+            exc.partial_tool_calls = tuple(choice.calls(complete=False) if choice is not None else [])
         if isinstance(exc, StreamInterruptedError):
             reason = "interrupted"
         elif isinstance(exc, ContentFilterError):
@@ -391,8 +417,11 @@ class SyncStream:
         return self._stream.metadata
 
     @property
-    def tool_calls(self) -> list[dict[str, Any]]:
+    def tool_calls(self) -> list[ToolCall]:
         return self._stream.tool_calls
+
+    def completion(self, index: int = 0) -> Completion:
+        return self._stream.completion(index)
 
     def get_final_completion(self, index: int = 0) -> Completion:
         return self._stream.get_final_completion(index)

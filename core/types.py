@@ -6,7 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Chunk", "Completion", "Embeddings", "LimitSpec", "Operation", "Request", "ToolCallDelta", "Usage"]
+from .tools import ToolCall
+
+__all__ = [
+    "Chunk", "Completion", "Embeddings", "LimitSpec", "Operation", "Request", "ToolCall", "ToolCallDelta", "Usage",
+]
 
 #: What a request asks for: a chat completion (whole or streamed) or embeddings of texts.
 Operation = Literal["chat", "embeddings"]
@@ -171,7 +175,8 @@ class Completion:
     model: str
     provider: str
     usage: Usage | None = None
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    #: The tool calls the model asked for (``finish_reason == "tool_calls"``); see docs/tools.md.
+    tool_calls: list[ToolCall] = field(default_factory=list)
     cached: bool = False
     #: What the provider returned: litellm's ModelResponse for the built-ins, its JSON form (a
     #: dict) on cache hits, None for streams.
@@ -180,6 +185,9 @@ class Completion:
     #: unknown, 0.0 for a cache hit (what the hit saved goes to ``client.stats()`` and the log
     #: event as ``saved_cost``). See docs/observability.md.
     cost: float | None = None
+    #: With ``response_format=`` (a pydantic model class or a JSON schema dict): the validated
+    #: answer, an instance of that class or a dict (docs/tools.md). None otherwise.
+    parsed: Any = None
 
 
 @dataclass(slots=True)

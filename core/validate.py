@@ -39,6 +39,7 @@ def normalize_messages(prompt_or_messages: Any) -> list[dict[str, Any]]:
         raise RequestValidationError("messages is an empty list")
     for i, message in enumerate(prompt_or_messages):
         _check_message(i, message)
+    _check_tool_flow(prompt_or_messages)
     return prompt_or_messages
 
 
@@ -66,6 +67,44 @@ def _check_message(i: int, message: Any) -> None:
         )
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
         raise RequestValidationError(f"{where} is a tool message without a 'tool_call_id'")
+
+
+def _check_tool_flow(messages: list[dict[str, Any]]) -> None:
+    """Assistant ``tool_calls`` entries are whole, and every tool result answers a call made by an
+    earlier assistant message: OpenAI answers anything else with a 400 after the request was sent
+    (and billed nothing but a round trip); a local server may answer nonsense instead."""
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "assistant" and message.get("tool_calls") is not None:
+            calls = message["tool_calls"]
+            if not isinstance(calls, list):
+                raise RequestValidationError(f"messages[{i}].tool_calls must be a list, got {type(calls).__name__}")
+            for j, call in enumerate(calls):
+                called.add(_check_call(f"messages[{i}].tool_calls[{j}]", call))
+        elif role == "tool" and message["tool_call_id"] not in called:
+            raise RequestValidationError(
+                f"messages[{i}] is a tool result for tool_call_id {message['tool_call_id']!r}, which no earlier "
+                "assistant message's tool_calls has"
+            )
+
+
+def _check_call(where: str, call: Any) -> str:
+    """The id of one assistant ``tool_calls`` entry in OpenAI's shape."""
+    if not isinstance(call, dict):
+        hint = " (send ToolCall.to_dict())" if hasattr(call, "to_dict") else ""
+        raise RequestValidationError(f"{where} must be a dict (id, type, function){hint}, got {type(call).__name__}")
+    if not isinstance(call.get("id"), str) or not call["id"]:
+        raise RequestValidationError(f"{where} has no 'id'")
+    function = call.get("function")
+    if not isinstance(function, dict):
+        raise RequestValidationError(f"{where} has no 'function' object")
+    if not isinstance(function.get("name"), str) or not function["name"]:
+        raise RequestValidationError(f"{where}.function has no 'name'")
+    if not isinstance(function.get("arguments"), str):
+        kind = type(function.get("arguments")).__name__
+        raise RequestValidationError(f"{where}.function.arguments must be a JSON string, got {kind}")
+    return str(call["id"])
 
 
 def _check_parts(where: str, role: str, parts: list[Any]) -> None:

@@ -22,6 +22,7 @@ from modelwire.errors import (
 )
 from modelwire.log import logger
 from modelwire.provider import CheckResult, Provider, ProviderConfig, StreamSettings
+from modelwire.tools import ToolCall
 from modelwire.types import Chunk, Completion, Embeddings, Request, Usage
 
 from .errors import map_exception
@@ -260,7 +261,7 @@ class LiteLLMProvider(Provider):
                 attempts=request.attempt,
             )
         message = choices[0].message
-        tool_calls = [tc.model_dump() for tc in (message.tool_calls or [])]
+        tool_calls = [ToolCall.from_dict(tc.model_dump()) for tc in (message.tool_calls or [])]
         usage = getattr(response, "usage", None)
         if usage is not None and usage.prompt_tokens:
             _warn_if_truncated(self.name, request, int(usage.prompt_tokens))

@@ -33,7 +33,6 @@ say what its answer to a prompt must be.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -226,8 +225,8 @@ class ProviderContract:
         contract_server.script(Reply.completion("", finish_reason="tool_calls", tool_calls=[call]))
         response = client.complete(PROMPT, model=self.target, tools=[_TOOL])
         assert response.finish_reason == "tool_calls"
-        assert [(c["id"], c["function"]["name"]) for c in response.tool_calls] == [("call_1", "lookup")]
-        assert json.loads(response.tool_calls[0]["function"]["arguments"]) == {"q": "x"}
+        assert [(c.id, c.name) for c in response.tool_calls] == [("call_1", "lookup")]
+        assert response.tool_calls[0].arguments_json() == {"q": "x"}
         assert contract_server.requests[-1].json["tools"][0]["function"]["name"] == "lookup"
 
     def test_tool_call_deltas(self, client: Client, contract_server: FakeServer) -> None:
@@ -247,8 +246,8 @@ class ProviderContract:
         assert (deltas[0].id, deltas[0].name) == ("call_1", "lookup")
         assert "".join(d.arguments for d in deltas if d.index == 0) == '{"q": "x"}'
         assert final.finish_reason == "tool_calls"
-        assert [c["function"]["name"] for c in final.tool_calls] == ["lookup", "clock"]
-        assert json.loads(final.tool_calls[0]["function"]["arguments"]) == {"q": "x"}
+        assert [c.name for c in final.tool_calls] == ["lookup", "clock"]
+        assert final.tool_calls[0].arguments_json() == {"q": "x"}
 
     # -- wire: errors --------------------------------------------------------------------------
 

@@ -107,17 +107,41 @@ class Reply:
         model: str = "test-model",
         ending: Ending = "done",
         event_delay: float = 0.0,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> Reply:
-        """An OpenAI SSE stream: role chunk, one chunk per piece, finish chunk, usage chunk."""
+        """An OpenAI SSE stream: role chunk, one chunk per piece, finish chunk, usage chunk.
+
+        ``tool_calls`` (OpenAI's whole-call dicts) are sent after the text as deltas: one that
+        opens each call (index, id, name) and its arguments in two halves.
+        """
         pieces = list(pieces)
         events: list[Any] = [_chunk(model, {"role": "assistant", "content": ""})]
         events += [_chunk(model, {"content": p}) for p in pieces]
+        for i, call in enumerate(tool_calls or []):
+            function = call.get("function") or {}
+            start = {"index": i, "id": call.get("id"), "type": "function",
+                     "function": {"name": function.get("name"), "arguments": ""}}
+            arguments = str(function.get("arguments") or "")
+            half = len(arguments) // 2
+            events.append(_chunk(model, {"tool_calls": [start]}))
+            events += [_chunk(model, {"tool_calls": [{"index": i, "function": {"arguments": part}}]})
+                       for part in (arguments[:half], arguments[half:]) if part]
         if finish_reason is not None:
             events.append(_chunk(model, {}, finish_reason))
         if usage:
             usage_body = usage if isinstance(usage, dict) else _usage("".join(pieces))
             events.append({**_chunk(model, {}), "choices": [], "usage": usage_body})
         return cls(events=events, ending=ending, event_delay=event_delay)
+
+    @classmethod
+    def json(cls, value: Any, *, stream: bool = False, **kw: Any) -> Reply:
+        """An answer whose text is ``value`` as JSON (a structured output), whole or streamed
+        in a few pieces; ``kw`` go to :meth:`completion` / :meth:`stream`."""
+        text = value if isinstance(value, str) else json.dumps(value)
+        if not stream:
+            return cls.completion(text, **kw)
+        step = max(1, len(text) // 4)
+        return cls.stream([text[i:i + step] for i in range(0, len(text), step)], **kw)
 
     @classmethod
     def embeddings(cls, texts: list[str], *, model: str = "test-embedding", dimensions: int = 8) -> Reply:

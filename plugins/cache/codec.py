@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from modelwire.types import Chunk, Completion, ToolCallDelta, Usage
+from modelwire.types import Chunk, Completion, ToolCall, ToolCallDelta, Usage
 
 __all__ = [
     "FORMAT",
@@ -64,7 +64,7 @@ def entry_from_completion(response: Completion) -> dict[str, Any]:
         "model": response.model,
         "provider": response.provider,
         "usage": _usage(response.usage),
-        "tool_calls": response.tool_calls,
+        "tool_calls": [call.to_dict() for call in response.tool_calls],  # OpenAI's shape on disk
         "raw": raw_json(response.raw),
         "cost": response.cost,
     }
@@ -141,7 +141,7 @@ def completion_from_entry(entry: dict[str, Any]) -> Completion:
         model=entry.get("model") or "",
         provider=entry.get("provider") or "",
         usage=Usage.from_dict(entry.get("usage")),
-        tool_calls=list(entry.get("tool_calls") or []),
+        tool_calls=[ToolCall.from_dict(call) for call in entry.get("tool_calls") or []],
         cached=True,
         raw=entry.get("raw"),
         cost=entry.get("cost"),  # what the answer cost when stored (the cost plugin reports it as saved)
@@ -201,8 +201,5 @@ def assemble(chunks: list[Chunk], model: str, provider: str) -> Completion:
                 finish = chunk.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage
-    tool_calls = [
-        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-        for _, c in sorted(calls.items())
-    ]
+    tool_calls = [ToolCall(c["id"] or "", c["name"] or "", c["arguments"]) for _, c in sorted(calls.items())]
     return Completion("".join(pieces), finish, model, provider, usage, tool_calls)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from modelwire import structured
 from modelwire.errors import ModelwireError, ProviderTimeoutError, RequestValidationError
 from modelwire.log import logger
 from modelwire.middleware import CallNext, CallNextStream, Middleware, MiddlewareContext, aclose_stream
@@ -164,6 +165,8 @@ class CacheMiddleware(CacheAdmin, Middleware):
         early = self._early_refusal(options)
         if early is not None:
             return early
+        if structured.failure(request, response) is not None:  # the caller gets an error: never store it
+            return "structured_invalid"
         try:
             verdict = self.context.hook.modelwire_cache_should_store(request=request, response=response)
         except Exception as exc:  # a broken policy plugin must not fail the request: do not store

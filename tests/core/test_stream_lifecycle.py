@@ -177,8 +177,7 @@ async def test_s31_tool_call_cut_mid_arguments_is_incomplete(make_client, server
     server.script(Reply(events=TOOL_EVENTS[:2], ending="abort"))
     stream, _, error = await collect(make_client())
     assert type(error) is modelwire.StreamInterruptedError
-    assert error.partial_tool_calls == ({"id": "call_a", "type": "function", "complete": False,
-                                         "function": {"name": "get_weather", "arguments": '{"city": "Pa'}},)
+    assert error.partial_tool_calls == (modelwire.ToolCall("call_a", "get_weather", '{"city": "Pa', complete=False),)
     with pytest.raises(modelwire.ModelwireError):
         stream.get_final_completion()  # nothing to execute
 

@@ -83,7 +83,8 @@ async def test_c01_message_fields_tool_call_id_and_name_are_in_the_key(make_clie
     call = {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}]}
     base = [MESSAGES[0], call, {"role": "tool", "tool_call_id": "call_1", "content": "4"}]
-    other_id = [MESSAGES[0], call, {"role": "tool", "tool_call_id": "call_2", "content": "4"}]
+    other_call = {**call, "tool_calls": [{**call["tool_calls"][0], "id": "call_2"}]}  # a result must answer a call
+    other_id = [MESSAGES[0], other_call, {"role": "tool", "tool_call_id": "call_2", "content": "4"}]
     named = [{**MESSAGES[0], "name": "alice"}]
     for messages in (base, other_id, MESSAGES, named):
         await client.acomplete(messages, model="openai/gpt-4o", tools=TOOLS)
