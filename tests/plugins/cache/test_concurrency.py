@@ -14,6 +14,8 @@ import modelwire
 from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, RedisServer, Reply
 
+from .conftest import Gate, GatePlugin
+
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
 
@@ -57,11 +59,12 @@ async def test_x02_same_typed_error_for_all_then_fresh(make_client: MakeClient, 
 
 
 async def test_x03_hundred_streams_one_upstream_follower_cancel_does_not_hurt(
-    make_client: MakeClient, server: FakeServer
+    make_client: MakeClient, server: FakeServer, gate: type[Gate]
 ) -> None:
-    client = make_client(middleware=["cache"])
+    # the gate holds the shared stream after its first chunk until everyone joined, whatever the load
+    client = make_client(plugins=(GatePlugin(),), middleware=["cache", "gate"])
     words = [f" w{i}" for i in range(10)]
-    server.script(Reply.stream(words, event_delay=0.1))  # about 1 s: the cancel lands mid-stream
+    server.script(Reply.stream(words, event_delay=0.01))
     started = asyncio.Event()
     reading = asyncio.Event()
 
@@ -77,11 +80,15 @@ async def test_x03_hundred_streams_one_upstream_follower_cancel_does_not_hurt(
     leader = asyncio.create_task(reader(None))
     await started.wait()  # the leader is streaming: everyone after joins its flight
     cancelled = asyncio.create_task(reader(None, reading))
-    quitter = asyncio.create_task(reader(2))
-    await reading.wait()  # it reads the shared stream (a few steps into its ~1 s): cancel it there
-    assert not cancelled.done()
+    await reading.wait()  # it reads the shared stream and waits for more: cancel it there
     cancelled.cancel()
     followers = [asyncio.create_task(reader(None)) for _ in range(97)]
+    quitter = asyncio.create_task(reader(2))
+    flight = next(iter(cache_of(client).flights.flights.values()))
+    while flight.subscribers < 99:  # the leader, 97 followers and the quitter
+        await asyncio.sleep(0.005)
+    assert gate.opened is not None
+    gate.opened.set()
     done = await asyncio.gather(leader, *followers, return_exceptions=True)
     assert set(done) == {"".join(words)}
     for task in (quitter, cancelled):

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import modelwire
-from modelwire.middleware import CallNextStream, Middleware
 from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, Reply
-from modelwire.types import Chunk, Completion, Request
+from modelwire.types import Completion, Request
+
+from .conftest import Gate, GatePlugin
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
@@ -105,54 +106,29 @@ async def test_followers_of_a_failed_call_get_their_own_error(make_client: MakeC
 # -- item 3: a cancelled follower raises CancelledError --------------------------------------------------
 
 
-class CancelAfterSecondChunk(Middleware):
-    """Inside the cache: right after the flight published its 2nd chunk (and woke the followers),
-    cancel ``target``. This is the race that asyncio.wait_for (Python <= 3.11) lost: the wake-up
-    and the cancellation land in the same loop iteration, and wait_for returned the result."""
+async def test_follower_cancelled_as_a_chunk_arrives_raises_cancelled(make_client: MakeClient, server: FakeServer,
+                                                                       gate: type[Gate]) -> None:
+    client = make_client(plugins=(GatePlugin(),), middleware=["cache", "gate"])
+    server.script(Reply.stream(["a", " b", " c", " d"]))
 
-    applies_to = ("stream",)
-    target: asyncio.Task[Any] | None = None
-
-    async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
-        seen = 0
-        async for chunk in call_next(request):
-            yield chunk
-            seen += 1
-            if seen == 2 and CancelAfterSecondChunk.target is not None:
-                CancelAfterSecondChunk.target.cancel()
-
-
-class Canceller:
-    @modelwire.hookimpl
-    def modelwire_register_middleware(self, register: Callable[[str, type[Middleware]], None]) -> None:
-        register("canceller", CancelAfterSecondChunk)
-
-
-async def test_follower_cancelled_as_a_chunk_arrives_raises_cancelled(make_client: MakeClient,
-                                                                       server: FakeServer) -> None:
-    client = make_client(plugins=(Canceller(),), middleware=["cache", "canceller"])
-    server.script(Reply.stream(["a", " b", " c", " d"], event_delay=0.1))
-    first = asyncio.Event()
-
-    async def reader(signal: asyncio.Event | None = None) -> str:
+    async def reader(signal: asyncio.Event) -> str:
         pieces = []
         async for c in client.astream("same", model=MODEL):
             pieces.append(c.text)
-            if signal is not None:
-                signal.set()
+            signal.set()
         return "".join(pieces)
 
-    leader = asyncio.create_task(reader(first))
-    await first.wait()  # the flight runs: the follower joins it and waits for the next chunk
-    follower = asyncio.create_task(reader())
-    CancelAfterSecondChunk.target = follower
-    try:
-        with pytest.raises(asyncio.CancelledError):
-            await follower
-        assert await leader == "a b c d"
-    finally:
-        CancelAfterSecondChunk.target = None
-    assert server.calls() == 1
+    leader_read, follower_read = asyncio.Event(), asyncio.Event()
+    leader = asyncio.create_task(reader(leader_read))
+    await leader_read.wait()  # the flight holds after its first chunk
+    follower = asyncio.create_task(reader(follower_read))
+    await follower_read.wait()  # the follower replayed that chunk and now waits for the next one
+    gate.victim = follower
+    assert gate.opened is not None
+    gate.opened.set()  # the second chunk wakes the follower, and the gate cancels it at once
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    assert await leader == "a b c d" and server.calls() == 1
 
 
 async def test_whole_follower_cancelled_while_waiting_raises_cancelled(make_client: MakeClient,
