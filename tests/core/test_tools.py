@@ -24,7 +24,9 @@ CALLS = [
 
 def _check_calls(calls: list[ToolCall]) -> None:
     assert all(type(c) is ToolCall for c in calls)
-    assert [(c.id, c.name, c.complete) for c in calls] == [("call_1", "get_weather", True), ("call_2", "get_time", True)]
+    assert [(c.id, c.name, c.complete) for c in calls] == [
+        ("call_1", "get_weather", True), ("call_2", "get_time", True)
+    ]
     assert [c.arguments_json() for c in calls] == [{"city": "Paris"}, {"tz": "UTC"}]
     assert calls[0].arguments == '{"city": "Paris"}'  # the raw string, as the model wrote it
 
@@ -123,8 +125,10 @@ def _with_call(**function: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("messages", "match"),
     [
-        ([USER, ASSISTANT, {"role": "tool", "content": "21"}], r"messages\[2\] is a tool message without a 'tool_call_id'"),
-        ([USER, ASSISTANT, {**RESULT, "tool_call_id": "call_7"}], r"messages\[2\] is a tool result for tool_call_id 'call_7'"),
+        ([USER, ASSISTANT, {"role": "tool", "content": "21"}],
+         r"messages\[2\] is a tool message without a 'tool_call_id'"),
+        ([USER, ASSISTANT, {**RESULT, "tool_call_id": "call_7"}],
+         r"messages\[2\] is a tool result for tool_call_id 'call_7'"),
         ([USER, RESULT, ASSISTANT], r"messages\[1\] is a tool result for tool_call_id 'call_1'"),
         ([USER, {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function":
           {"name": "f", "arguments": "{}"}}]}], r"messages\[1\].tool_calls\[0\] has no 'id'"),

@@ -26,7 +26,7 @@ from tests.conftest import start_redis
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 #: The guides whose blocks must run.
-GUIDES = ["logging.md", "writing-plugins.md", "embedding.md"]
+GUIDES = ["logging.md", "writing-plugins.md", "embedding.md", "tools.md"]
 
 _BLOCK = re.compile(r"(?:<!--\s*(file|not run):?\s*([^>]*?)\s*-->\s*\n)?```(\w+)\n(.*?)\n```", re.S)
 
