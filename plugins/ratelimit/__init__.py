@@ -133,7 +133,7 @@ class RateLimitMiddleware(Middleware):
         request.state.setdefault("log", {})["limiter_wait_ms"] = round(permit.waited * 1000, 2)
         request.state[ON_SEND] = _on_send(self.engine, permit)
         _signal(request, ON_ADMITTED)  # retry's attempt_timeout starts now
-        if permit.waited >= 0.001 and self._delayed_hook is not None:
+        if permit.delayed and self._delayed_hook is not None:
             try:
                 self._delayed_hook(request=request, delay=permit.waited)
             except Exception:  # an observer must not fail the request

@@ -88,6 +88,9 @@ class Permit:
     prompt_units: int
     waited: float
     semaphore: asyncio.Semaphore | None
+    #: the limiter made it wait (queued behind others or slept for a window); ``waited`` alone
+    #: cannot tell, a busy CPU also makes an immediate admission take milliseconds
+    delayed: bool = False
     #: monotonic time of admission, and whether the provider has said the request is being sent
     admitted_at: float = 0.0
     sent: bool = False
@@ -194,18 +197,19 @@ class Engine:
             )
         state = self._state()
         semaphore: asyncio.Semaphore | None = None
+        delayed = False
         if plan.concurrency:
             semaphore = state.semaphores.get(plan.key)
             if semaphore is None:
                 semaphore = state.semaphores[plan.key] = asyncio.Semaphore(plan.concurrency)
-            await self._queue(semaphore, plan, deadline, start, request, "a concurrency slot")
+            delayed = await self._queue(semaphore, plan, deadline, start, request, "a concurrency slot")
         try:
             lock = state.locks.get(plan.key)
             if lock is None:
                 lock = state.locks[plan.key] = asyncio.Lock()
-            await self._queue(lock, plan, deadline, start, request, "its turn in the queue", state)
+            delayed |= await self._queue(lock, plan, deadline, start, request, "its turn in the queue", state)
             try:
-                backend, ticket, held = await self._admit(request, plan, units, start, deadline, state)
+                backend, ticket, held, slept = await self._admit(request, plan, units, start, deadline, state)
             finally:
                 lock.release()
         except BaseException:
@@ -213,15 +217,16 @@ class Engine:
                 semaphore.release()
             raise
         waited = time.monotonic() - start
+        delayed |= slept
         self.stats.admitted += 1
         self.stats.in_flight[plan.key] += 1
-        if waited >= 0.001:
+        if delayed:
             self.stats.waits += 1
             self.stats.wait_seconds += waited
         prompt_units = min(held, math.ceil(prompt_tokens / plan.unit)) if held else 0
         if plan.req_rates:
             plan.unsent[ticket] = time.monotonic()
-        return Permit(plan, backend, ticket, held, prompt_units, waited, semaphore, time.monotonic())
+        return Permit(plan, backend, ticket, held, prompt_units, waited, semaphore, delayed, time.monotonic())
 
     def _unsent_wait(self, plan: Plan) -> float:
         """Seconds to wait for an earlier request of this process that was admitted long ago
@@ -263,15 +268,16 @@ class Engine:
         request: Request,
         what: str,
         state: _LoopState | None = None,
-    ) -> None:
-        """Wait for a FIFO primitive until ``deadline``."""
+    ) -> bool:
+        """Wait for a FIFO primitive until ``deadline``; whether it had to wait."""
         if not primitive.locked():
             await primitive.acquire()  # free and nobody waiting: taken without yielding
-            return
+            return False
         ahead = self.stats.queued[plan.key]
         self.stats.queued[plan.key] += 1
         try:
             await asyncio.wait_for(primitive.acquire(), max(0.0, deadline - time.monotonic()))
+            return True
         except asyncio.TimeoutError:
             now = time.monotonic()
             needed: float | None = None
@@ -323,7 +329,9 @@ class Engine:
 
     async def _admit(
         self, request: Request, plan: Plan, units: int, start: float, deadline: float, state: _LoopState
-    ) -> tuple[Backend, str, int]:
+    ) -> tuple[Backend, str, int, bool]:
+        """Admission on the configured backend, or on the local one by policy: (backend, ticket,
+        token units held, whether it slept for a window or a cooldown)."""
         backend = self._pick()
         recovering = backend is not self.local and self._down_until > 0
         try:
@@ -348,13 +356,14 @@ class Engine:
         start: float,
         deadline: float,
         state: _LoopState,
-    ) -> tuple[Backend, str, int]:
+    ) -> tuple[Backend, str, int, bool]:
         if plan.req_rates and not backend.has(plan.req_id):
             await backend.ensure(plan.req_id, plan.req_rates, True)  # tracked: moved to the send time
         if plan.tok_rates and not backend.has(plan.tok_id):
             await backend.ensure(plan.tok_id, plan.tok_rates, True)
         ticket = backend.ticket()
         held = 0
+        slept = False
         try:
             while True:
                 wait = self.local.cooldown_now(plan.key)
@@ -368,11 +377,12 @@ class Engine:
                 if wait <= 0 and plan.req_rates:
                     wait = await backend.acquire(plan.req_id, ticket, 1)
                 if wait <= 0:
-                    return backend, ticket, held
+                    return backend, ticket, held, slept
                 now = time.monotonic()
                 if now + wait > deadline:
                     raise self._exceeded(request, plan, f"the limiter needs {wait:.2f} s more", now - start + wait)
                 state.head_eta[plan.key] = now + wait
+                slept = True
                 await asyncio.sleep(wait)
         except BaseException:
             if held:

@@ -76,8 +76,9 @@ def test_remaining_zero_pauses_until_the_reset(
     client.complete("a", model=MODEL)
     start = time.monotonic()
     client.complete("b", model=MODEL)
-    waited = time.monotonic() - start
-    assert waited >= 1.3 if use_headers else waited < 0.5
+    if use_headers:
+        assert time.monotonic() - start >= 1.3  # a lower bound: holds however busy the machine
+    assert client.middleware[0].describe()["cooldowns"] == (1 if use_headers else 0)
 
 
 @pytest.mark.parametrize("use_headers", [True, False])

