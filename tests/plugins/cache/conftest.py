@@ -10,20 +10,24 @@ from typing import Any
 import pytest
 
 import modelwire
-from modelwire.middleware import CallNextStream, Middleware
-from modelwire.types import Chunk, Request
+from modelwire.middleware import CallNext, CallNextStream, Middleware
+from modelwire.types import Chunk, Completion, Request
 
 
 class Gate(Middleware):
-    """Inside the cache, so what it does happens inside the shared flight: after the stream's
-    first chunk it waits until ``opened`` is set (the test decides when the stream goes on,
-    whatever the machine's load); right after the flight published the second chunk (and woke
-    its followers) it cancels ``victim``. That is the race asyncio.wait_for (Python <= 3.11)
-    lost: wake-up and cancellation in the same loop iteration, and wait_for returned the result."""
+    """Inside the cache, so what it does happens inside the shared flight: a whole request waits
+    before going upstream, a stream after its first chunk, until ``opened`` is set (the test
+    decides when the flight goes on, whatever the machine's load). Right after the flight
+    published a stream's second chunk (and woke its followers) it cancels ``victim``: the race
+    asyncio.wait_for (Python <= 3.11) lost, wake-up and cancellation in the same loop iteration."""
 
-    applies_to = ("stream",)
     opened: asyncio.Event | None = None
     victim: asyncio.Task[Any] | None = None
+
+    async def ahandle(self, request: Request, call_next: CallNext) -> Completion:
+        if Gate.opened is not None:
+            await Gate.opened.wait()
+        return await call_next(request)
 
     async def ahandle_stream(self, request: Request, call_next: CallNextStream) -> AsyncIterator[Chunk]:
         seen = 0
@@ -40,6 +44,17 @@ class GatePlugin:
     @modelwire.hookimpl
     def modelwire_register_middleware(self, register: Callable[[str, type[Middleware]], None]) -> None:
         register("gate", Gate)
+
+
+async def joined(flight_table: Any, subscribers: int) -> None:
+    """Wait until the one flight in ``flight_table`` (FlightTable) has ``subscribers`` subscribers."""
+    while not flight_table.flights or next(iter(flight_table.flights.values())).subscribers < subscribers:
+        await asyncio.sleep(0.005)
+
+
+def open_gate(gate: type[Gate]) -> None:
+    assert gate.opened is not None
+    gate.opened.set()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import modelwire
 from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, RedisServer, Reply
 
-from .conftest import Gate, GatePlugin
+from .conftest import Gate, GatePlugin, joined, open_gate
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
@@ -84,11 +84,8 @@ async def test_x03_hundred_streams_one_upstream_follower_cancel_does_not_hurt(
     cancelled.cancel()
     followers = [asyncio.create_task(reader(None)) for _ in range(97)]
     quitter = asyncio.create_task(reader(2))
-    flight = next(iter(cache_of(client).flights.flights.values()))
-    while flight.subscribers < 99:  # the leader, 97 followers and the quitter
-        await asyncio.sleep(0.005)
-    assert gate.opened is not None
-    gate.opened.set()
+    await joined(cache_of(client).flights, 99)  # the leader, 97 followers and the quitter
+    open_gate(gate)
     done = await asyncio.gather(leader, *followers, return_exceptions=True)
     assert set(done) == {"".join(words)}
     for task in (quitter, cancelled):
@@ -170,7 +167,8 @@ async def test_c16_sync_backends_run_off_the_event_loop(make_client: MakeClient,
     from .test_redis import DelayProxy
 
     proxy = DelayProxy(redis_server.port)
-    section = {"backend": "file", "path": str(tmp_path / "c")} if backend == "file" else \
+    # a 5 s backend timeout: every call must be answered even on a busy machine (a timeout is a miss)
+    section = {"backend": "file", "path": str(tmp_path / "c"), "timeout": 5.0} if backend == "file" else \
         {"backend": "redis", "url": proxy.url, "key_prefix": f"c16:{time.time_ns()}:", "timeout": 5.0}
     client = make_client(middleware=["cache"], cache=section)
     backend_obj = cache_of(client).store.backend

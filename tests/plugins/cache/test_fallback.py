@@ -11,38 +11,43 @@ import modelwire
 from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, Reply
 
+from .conftest import Gate, GatePlugin, joined, open_gate
+
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
 
 
-def fallback_client(make_client: MakeClient) -> modelwire.Client:
-    return make_client(middleware=["cache", "fallback", "retry"], retry={"max_attempts": 1},
+def fallback_client(make_client: MakeClient, gated: bool = False) -> modelwire.Client:
+    # the gate (tests' conftest) sits between the cache and the fallback: inside the shared flight
+    chain = ["cache", "gate", "fallback", "retry"] if gated else ["cache", "fallback", "retry"]
+    return make_client(plugins=(GatePlugin(),), middleware=chain, retry={"max_attempts": 1},
                        fallback={"chains": {MODEL: ["local/llama"]}})
 
 
-async def test_stream_served_by_a_fallback_is_replayed_under_that_target(make_client: MakeClient,
-                                                                         server: FakeServer) -> None:
-    client = fallback_client(make_client)
+async def test_stream_served_by_a_fallback_is_replayed_under_that_target(make_client: MakeClient, server: FakeServer,
+                                                                         gate: type[Gate]) -> None:
+    client = fallback_client(make_client, gated=True)
     server.script(Reply.error(503), match="gpt-4o")
-    server.script(Reply.stream(["from", " llama"], event_delay=0.1), match="llama")
-    first = asyncio.Event()
+    server.script(Reply.stream(["from", " llama"]), match="llama")
 
     async def read() -> modelwire.AsyncStream:
         stream = client.astream("q", model=MODEL)
-        async for _ in stream:
-            first.set()
+        [_ async for _ in stream]
         return stream
 
     leader = asyncio.create_task(read())
-    await first.wait()
-    follower = await read()  # joins the flight the fallback target is answering
-    live = await leader
+    while not cache_of(client).flights.flights:
+        await asyncio.sleep(0.005)
+    follower = asyncio.create_task(read())  # joins the flight the fallback target is answering
+    await joined(cache_of(client).flights, 2)
+    open_gate(gate)
+    live, shared = await leader, await follower
     replay = await read()  # from the stored entry
     whole = await client.acomplete("q", model=MODEL)
-    for stream in (live, follower, replay):
+    for stream in (live, shared, replay):
         final = stream.get_final_completion()
         assert (final.text, final.provider, final.model) == ("from llama", "local", "llama")
-    assert not live.cached and follower.cached and replay.cached
+    assert not live.cached and shared.cached and replay.cached
     assert (whole.text, whole.provider, whole.model, whole.cached) == ("from llama", "local", "llama", True)
     assert server.calls() == 2  # the failed primary, the fallback's one stream
     assert cache_of(client).metrics.stores == 1

@@ -17,7 +17,7 @@ from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, Reply
 from modelwire.types import Completion, Request
 
-from .conftest import Gate, GatePlugin
+from .conftest import Gate, GatePlugin, joined, open_gate
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
@@ -40,9 +40,10 @@ class SlowObserver:
 # -- item 2: followers get the leader's answer, never a re-read of an entry that may have expired ------
 
 
-async def test_followers_get_the_answer_after_the_entry_expired(make_client: MakeClient, server: FakeServer) -> None:
-    client = make_client(plugins=(SlowObserver(),), middleware=["cache"])
-    server.script(Reply(body=Reply.completion("the answer").body, delay=0.3))
+async def test_followers_get_the_answer_after_the_entry_expired(make_client: MakeClient, server: FakeServer,
+                                                              gate: type[Gate]) -> None:
+    client = make_client(plugins=(SlowObserver(), GatePlugin()), middleware=["cache", "gate"])
+    server.script(Reply.completion("the answer"))
     short = {"cache": {"ttl": 0.05}}  # expires while each caller's observer holds the loop
 
     async def whole() -> tuple[str, str | None, bool]:
@@ -56,20 +57,27 @@ async def test_followers_get_the_answer_after_the_entry_expired(make_client: Mak
 
     leader = asyncio.create_task(whole())
     await until_in_flight(client)
-    followers = await asyncio.gather(*[whole() for _ in range(4)], *[streamed() for _ in range(3)])
+    joining = [asyncio.create_task(c) for c in [*[whole() for _ in range(4)], *[streamed() for _ in range(3)]]]
+    await joined(cache_of(client).flights, 8)
+    open_gate(gate)
+    followers = await asyncio.gather(*joining)
     assert await leader == ("the answer", "stop", False)
     assert followers == [("the answer", "stop", True)] * 7
     assert server.calls() == 1 and cache_of(client).metrics.coalesced == 7
 
 
-async def test_whole_followers_of_a_stream_get_its_text(make_client: MakeClient, server: FakeServer) -> None:
-    client = make_client(plugins=(SlowObserver(),), middleware=["cache"])
-    server.script(Reply.stream(["one", " two", " three"], event_delay=0.1))
+async def test_whole_followers_of_a_stream_get_its_text(make_client: MakeClient, server: FakeServer,
+                                                      gate: type[Gate]) -> None:
+    client = make_client(plugins=(SlowObserver(), GatePlugin()), middleware=["cache", "gate"])
+    server.script(Reply.stream(["one", " two", " three"]))
     short = {"cache": {"ttl": 0.05}}
     stream = client.astream("same", model=MODEL, options=short)
     leader = asyncio.create_task(_text(stream))
     await until_in_flight(client)
-    followers = await asyncio.gather(*[client.acomplete("same", model=MODEL, options=short) for _ in range(4)])
+    joining = [asyncio.create_task(client.acomplete("same", model=MODEL, options=short)) for _ in range(4)]
+    await joined(cache_of(client).flights, 5)
+    open_gate(gate)
+    followers = await asyncio.gather(*joining)
     assert await leader == "one two three"
     assert [(r.text, r.finish_reason, r.cached) for r in followers] == [("one two three", "stop", True)] * 4
     assert server.calls() == 1
@@ -131,17 +139,18 @@ async def test_follower_cancelled_as_a_chunk_arrives_raises_cancelled(make_clien
     assert await leader == "a b c d" and server.calls() == 1
 
 
-async def test_whole_follower_cancelled_while_waiting_raises_cancelled(make_client: MakeClient,
-                                                                        server: FakeServer) -> None:
-    client = make_client(middleware=["cache"])
-    server.script(Reply(body=Reply.completion("late").body, delay=0.5))
+async def test_whole_follower_cancelled_while_waiting_raises_cancelled(make_client: MakeClient, server: FakeServer,
+                                                                        gate: type[Gate]) -> None:
+    client = make_client(plugins=(GatePlugin(),), middleware=["cache", "gate"])
+    server.script(Reply.completion("late"))
     leader = asyncio.create_task(client.acomplete("same", model=MODEL))
     await until_in_flight(client)
     follower = asyncio.create_task(client.acomplete("same", model=MODEL))
-    await asyncio.sleep(0.05)
+    await joined(cache_of(client).flights, 2)
     follower.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
+    open_gate(gate)
     assert (await leader).text == "late" and server.calls() == 1
 
 
@@ -183,22 +192,19 @@ async def test_no_store_stream_buffers_nothing(make_client: MakeClient, server: 
 
 
 async def test_followers_of_a_stream_that_stopped_buffering_get_every_chunk(make_client: MakeClient,
-                                                                             server: FakeServer) -> None:
-    client = make_client(middleware=["cache"], cache={"max_value_bytes": 20_000})  # ~200 chunks
-    server.script(Reply.stream(PIECES[:600], event_delay=0.002))
-    first = asyncio.Event()
+                                                                             server: FakeServer,
+                                                                             gate: type[Gate]) -> None:
+    client = make_client(plugins=(GatePlugin(),), middleware=["cache", "gate"], cache={"max_value_bytes": 4000})
+    server.script(Reply.stream(PIECES[:600]))
 
-    async def reader(signal: asyncio.Event | None = None) -> str:
-        pieces = []
-        async for c in client.astream("long", model=MODEL):
-            pieces.append(c.text)
-            if signal is not None:
-                signal.set()
-        return "".join(pieces)
+    async def reader() -> str:
+        return "".join([c.text async for c in client.astream("long", model=MODEL)])
 
-    leader = asyncio.create_task(reader(first))
-    await first.wait()
+    leader = asyncio.create_task(reader())
+    await until_in_flight(client)
     early = [asyncio.create_task(reader()) for _ in range(3)]  # joined while the chunks were all held
+    await joined(cache_of(client).flights, 4)
+    open_gate(gate)
     results = await asyncio.gather(leader, *early)
     assert results == ["".join(PIECES[:600])] * 4 and server.calls() == 1
     assert cache_of(client).store.backend.count() == 0

@@ -19,8 +19,9 @@ from modelwire.testing import FakeServer, RedisServer
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
-#: A generous bound for the child: it needs milliseconds; before the fix it stalled ~31 s per
-#: request on the distributed lock (Redis) and timed out every backend call (file).
+#: A generous bound for the child: it needs milliseconds; before the fix every backend call in
+#: the child timed out (here after 5 s) and a Redis miss waited for the distributed lock
+#: (``lock_timeout`` + 1 s + timeout; ~31 s with the defaults).
 CHILD_LIMIT = 150.0
 
 
@@ -68,8 +69,10 @@ def run_forked(client: modelwire.Client) -> dict[str, Any]:
 @pytest.mark.parametrize("backend", ["file", "redis"])
 def test_cache_works_in_a_forked_child(make_client: MakeClient, server: FakeServer, tmp_path: Path,
                                        redis_server: RedisServer, backend: str) -> None:
-    section = {"backend": "file", "path": str(tmp_path / "cache")} if backend == "file" else \
-        {"backend": "redis", "url": redis_server.url, "key_prefix": f"fork:{time.time_ns()}:"}
+    # a 5 s backend timeout: on a busy machine a call must not time out (it would count as an error)
+    section: dict[str, Any] = {"backend": "file", "path": str(tmp_path / "cache")} if backend == "file" else \
+        {"backend": "redis", "url": redis_server.url, "key_prefix": f"fork:{time.time_ns()}:", "lock_timeout": 5.0}
+    section["timeout"] = 5.0
     client = make_client(middleware=["cache"], cache=section)
     # the parent uses the cache first: its worker threads (and with Redis the lock) exist
     client.complete("stored by the parent", model=MODEL)
