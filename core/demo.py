@@ -59,7 +59,9 @@ def run_demo(echo: Callable[[str], None] = print, middleware: list[str] | None =
         echo(f"   finish_reason={final.finish_reason}, usage={final.usage}")
         echo("\n3. Embeddings: one vector per text, in input order (the cache sends only new texts)")
         _embeddings(client, server, echo)
-        for n, (title, step) in enumerate(client.registry.demo_steps.items(), start=4):
+        echo("\n4. Tool calls and structured output")
+        _tools(client, server, echo)
+        for n, (title, step) in enumerate(client.registry.demo_steps.items(), start=5):
             echo(f"\n{n}. {title}")
             step(client, server, echo)
         echo(f"\nThe server saw {server.calls()} chat requests. Point modelwire at a real provider with a")
@@ -75,6 +77,32 @@ def _embeddings(client: Client, server: FakeServer, echo: Callable[[str], None])
     sent = [r.json["input"] for r in server.requests if r.route == "embeddings"][before:]
     echo(f"   {len(first.vectors)} vectors of {len(first.vectors[0])} floats; then 3 texts: from_cache="
          f"{second.from_cache}, sent upstream: {sent}")
+
+
+def _tools(client: Client, server: FakeServer, echo: Callable[[str], None]) -> None:
+    from pydantic import BaseModel
+
+    from .testing import Reply
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    server.script(Reply.stream(["Checking."], finish_reason="tool_calls", tool_calls=[call]))
+    question = {"role": "user", "content": "Weather in Paris? (demo)"}
+    with client.stream([question], model="openai/gpt-4o", tools=tools) as stream:
+        deltas = sum(len(chunk.tool_calls) for chunk in stream)
+    tool_call = stream.completion().tool_calls[0]
+    echo(f"   streamed as {deltas} deltas, assembled: {tool_call.name}({tool_call.arguments_json()})")
+    messages = [question, {"role": "assistant", "content": None, "tool_calls": [tool_call.to_dict()]},
+                {"role": "tool", "tool_call_id": tool_call.id, "content": '{"temp_c": 21}'}]
+    answer = client.complete(messages, model="openai/gpt-4o", tools=tools)
+    echo(f"   tool result sent back (role 'tool', id {tool_call.id}) -> {answer.text[:40]!r}")
+    server.script(Reply.json({"name": "Paris", "population": 2102650}))
+    city = client.complete("Describe Paris as JSON (demo)", model="local/llama3", response_format=City)
+    echo(f"   response_format=City -> parsed {city.parsed!r}")
 
 
 def _tokens(response: Completion) -> str:

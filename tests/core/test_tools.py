@@ -188,3 +188,15 @@ def test_cache_entry_keeps_openai_shape() -> None:
     entry = entry_from_completion(Completion("", "tool_calls", "m", "p", tool_calls=[ToolCall.from_dict(CALLS[0])]))
     assert entry["tool_calls"] == [CALLS[0]]  # on disk: OpenAI's dict, readable by older and newer versions
     assert completion_from_entry(entry).tool_calls == [ToolCall("call_1", "get_weather", '{"city": "Paris"}')]
+
+
+def test_demo_has_a_tools_and_structured_output_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelwire.demo import run_demo
+
+    monkeypatch.setenv("MODELWIRE_DEMO_KEY", "sk-demo-not-a-real-key")
+    lines: list[str] = []
+    assert run_demo(lines.append) == 0
+    text = "\n".join(lines)
+    assert "4. Tool calls and structured output" in text
+    assert "assembled: get_weather({'city': 'Paris'})" in text
+    assert "parsed City(name='Paris', population=2102650)" in text
