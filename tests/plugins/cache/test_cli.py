@@ -94,7 +94,7 @@ def test_cli_stats_and_clear(server: FakeServer, tmp_path: Path, make_client: Ma
         f'[providers.openai]\napi_base = "{server.openai_url}"\n'
         f'[cache]\nbackend = "file"\npath = "{cache_path}"\n'
     )
-    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(cache_path)})
+    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(cache_path), "timeout": 5.0})
     client.complete("q", model=MODEL)
     client.complete("q", model=MODEL, options={"cache": {"namespace": "tenant-a"}})
     assert client.complete("q", model=MODEL).cached

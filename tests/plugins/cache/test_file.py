@@ -66,7 +66,7 @@ async def test_c17_two_processes_share_one_file(server: FakeServer, tmp_path: Pa
 async def test_c17_truncated_data_file_is_a_miss_with_a_warning(make_client: MakeClient, server: FakeServer,
                                                                tmp_path: Path) -> None:
     path = tmp_path / "cache"
-    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(path)})
+    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(path), "timeout": 5.0})
     await client.acomplete("q", model=MODEL)
     assert (await client.acomplete("q", model=MODEL)).cached
     data = path.with_suffix(".dat")
@@ -82,7 +82,7 @@ async def test_c17_truncated_data_file_is_a_miss_with_a_warning(make_client: Mak
 
 async def test_c17_garbage_index_file_is_recreated(make_client: MakeClient, server: FakeServer, tmp_path: Path) -> None:
     path = tmp_path / "cache"
-    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(path)})
+    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(path), "timeout": 5.0})
     await client.acomplete("q", model=MODEL)
     path.with_suffix(".dir").write_bytes(b"\x00\xffnot a dbm index (\n")
     with capture_events() as logs:
@@ -102,7 +102,8 @@ async def test_c17_garbage_index_file_is_recreated(make_client: MakeClient, serv
 )
 async def test_c17_old_or_foreign_entries_are_misses(make_client: MakeClient, server: FakeServer, tmp_path: Path,
                                                      stored: bytes) -> None:
-    client = make_client(middleware=["cache"], cache={"backend": "file", "path": str(tmp_path / "cache")})
+    client = make_client(middleware=["cache"],
+                         cache={"backend": "file", "path": str(tmp_path / "cache"), "timeout": 5.0})
     cache = cache_of(client)
     key = cache.key_for(client.request("q", model=MODEL))
     cache.store.backend.set(key, stored, None)
