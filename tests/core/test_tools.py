@@ -200,3 +200,20 @@ def test_demo_has_a_tools_and_structured_output_step(monkeypatch: pytest.MonkeyP
     assert "4. Tool calls and structured output" in text
     assert "assembled: get_weather({'city': 'Paris'})" in text
     assert "parsed City(name='Paris', population=2102650)" in text
+
+
+async def test_local_server_quirks_arguments_as_object_and_no_index(make_client, server: FakeServer) -> None:
+    """Some local servers (llama.cpp-style templates, Ollama) send a whole call in one delta without
+    an ``index``, and the arguments as a JSON object instead of a string."""
+    whole = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    server.script(Reply(events=[chunk(None, delta={"role": "assistant", "tool_calls": [whole]}),
+                                chunk(None, "tool_calls")]),
+                  Reply.completion("", finish_reason="tool_calls", tool_calls=[whole]))
+    client = make_client()
+    async with client.astream("weather?", model="local/llama", tools=TOOLS) as stream:
+        async for _ in stream:
+            pass
+    resp = await client.acomplete("weather?", model="local/llama", tools=TOOLS)
+    for call in (stream.completion().tool_calls[0], resp.tool_calls[0]):
+        assert (call.id, call.name, call.arguments_json()) == ("call_1", "get_weather", {"city": "Paris"})
+        assert isinstance(call.arguments, str)
