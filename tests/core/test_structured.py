@@ -198,3 +198,14 @@ async def test_a_tool_call_answer_is_not_parsed(make_client, server: FakeServer)
     resp = await make_client().acomplete("x", model="openai/gpt-4o", response_format=City,
                                          tools=[{"type": "function", "function": {"name": "lookup"}}])
     assert resp.parsed is None and resp.tool_calls[0].name == "lookup"
+
+
+async def test_with_cache_retry_and_limiter_on(make_client, server: FakeServer) -> None:
+    client = make_client(middleware=["cache", "retry", "ratelimit"], cache={"backend": "memory"},
+                         retry={"max_attempts": 2, "base_delay": 0},
+                         ratelimit={"limits": [{"match": "openai/*", "rpm": 600, "tpm": 100_000}]})
+    server.script(Reply.error(500), Reply.json(PARIS))  # retried once, then parsed and stored
+    first = await client.acomplete("Paris?", model="openai/gpt-4o", response_format=City)
+    hit = await client.acomplete("Paris?", model="openai/gpt-4o", response_format=City)
+    assert first.parsed == hit.parsed == City(**PARIS) and hit.cached
+    assert server.calls("chat") == 2
