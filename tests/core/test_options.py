@@ -49,7 +49,7 @@ def test_bad_options_fail_before_the_network(make_client, server: FakeServer, op
 def test_every_builtin_declares_its_options_model() -> None:
     reg = build_registry()
     with_options = {name for name, cls in reg.middleware.items() if cls.Options is not None}
-    assert with_options == {"cache", "retry", "ratelimit"}
+    assert with_options == {"cache", "retry", "ratelimit", "budget"}
     for name in with_options:
         assert issubclass(reg.middleware[name].Options, BaseModel), name
 
