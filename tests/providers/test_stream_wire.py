@@ -164,20 +164,20 @@ async def test_s09_stall_mid_stream_idle_timeout(make_client, server: FakeServer
     _, _, error = await collect(client)
     elapsed = time.monotonic() - start
     assert type(error) is modelwire.StreamIdleTimeoutError and error.partial_text == "ab"
-    assert 0.54 <= elapsed < 2.0, elapsed
+    assert 0.54 <= elapsed < 20, elapsed  # never early; the upper bound only catches a hang
     await wait_closed(server)
     assert server.disconnects == 1
 
 
 async def test_s10_keepalive_comments_do_not_reset_idle(make_client, server: FakeServer) -> None:
-    pings: list[Any] = [x for _ in range(20) for x in (Pause(0.15), b": ping\n\n")]
+    pings: list[Any] = [x for _ in range(200) for x in (Pause(0.15), b": ping\n\n")]
     server.script(Reply(events=[chunk("a"), *pings], ending="stall"))
     client = stream_client(make_client, server, idle_timeout=0.6)
     start = time.monotonic()
     _, _, error = await collect(client)
     elapsed = time.monotonic() - start
     assert type(error) is modelwire.StreamIdleTimeoutError
-    assert 0.54 <= elapsed < 2.0, elapsed  # 20 pings would have kept it alive for 3 s
+    assert 0.54 <= elapsed < 15, elapsed  # 200 pings would have kept it alive for 30 s
     await wait_closed(server)
 
 
@@ -189,7 +189,7 @@ async def test_s10_s29_total_duration_cap(make_client, server: FakeServer) -> No
     _, chunks, error = await collect(client)
     elapsed = time.monotonic() - start
     assert type(error) is modelwire.StreamDurationExceededError and not error.retryable
-    assert 0.72 <= elapsed < 2.5, elapsed
+    assert 0.72 <= elapsed, elapsed  # never early; fewer than all chunks shows the cap fired
     assert 0 < len(chunks) < 30 and error.partial_text.startswith("w0 w1")
     await wait_closed(server)
 
@@ -202,7 +202,7 @@ async def test_s11_first_token_stall_after_headers(make_client, server: FakeServ
     elapsed = time.monotonic() - start
     assert type(error) is modelwire.StreamIdleTimeoutError and error.retryable and error.chunks == 0
     assert "first_token_timeout" in error.message
-    assert 0.54 <= elapsed < 2.0, elapsed
+    assert 0.54 <= elapsed < 20, elapsed  # never early; the upper bound only catches a hang
     await wait_closed(server)
 
 
@@ -211,14 +211,15 @@ async def test_s11_first_token_counts_the_wait_for_headers(make_client, server: 
     client = stream_client(make_client, server, first_token_timeout=0.6)
     start = time.monotonic()
     _, _, error = await collect(client)
-    assert type(error) is modelwire.StreamIdleTimeoutError
-    assert 0.54 <= time.monotonic() - start < 2.0
+    assert type(error) is modelwire.StreamIdleTimeoutError  # the answer after 3 s was never waited for
+    assert 0.54 <= time.monotonic() - start
 
 
 async def test_s11_role_only_chunk_is_not_a_first_token(make_client, server: FakeServer) -> None:
-    # idle (0.3 s) must not apply before content: the first-token limit (0.9 s) does
-    server.script(Reply(events=[chunk(None, delta={"role": "assistant"}), Pause(0.5), chunk("hi", "stop")]))
-    client = stream_client(make_client, server, first_token_timeout=0.9, idle_timeout=0.3)
+    # idle (0.3 s) must not apply before content: the first-token limit (10 s, an honest margin for a
+    # loaded machine) does
+    server.script(Reply(events=[chunk(None, delta={"role": "assistant"}), Pause(1.0), chunk("hi", "stop")]))
+    client = stream_client(make_client, server, first_token_timeout=10, idle_timeout=0.3)
     stream, _, error = await collect(client)
     assert error is None and stream.text == "hi"
 
@@ -229,7 +230,7 @@ async def test_per_call_stream_options_override_provider(make_client, server: Fa
     start = time.monotonic()
     _, _, error = await collect(client, options={"stream": {"idle_timeout": 0.4}})
     assert type(error) is modelwire.StreamIdleTimeoutError
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 15  # the provider's 30 s did not apply
 
 
 def test_bad_stream_options_fail_before_the_network(make_client, server: FakeServer) -> None:
