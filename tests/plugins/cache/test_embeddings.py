@@ -101,7 +101,8 @@ def test_per_call_options(make_client: MakeClient, server: FakeServer) -> None:
 def test_values_are_json_with_versioned_keys(make_client: MakeClient, server: FakeServer,
                                              redis_server: RedisServer) -> None:
     prefix = f"t{time.time_ns()}:"
-    client = make_client(middleware=["cache"], cache={"backend": "redis", "url": redis_server.url, "key_prefix": prefix})
+    section = {"backend": "redis", "url": redis_server.url, "key_prefix": prefix, "timeout": 10}
+    client = make_client(middleware=["cache"], cache=section)
     client.embed(["some text"], model=MODEL)
     r = redis.Redis.from_url(redis_server.url)
     keys = [k.decode() for k in r.scan_iter(match=f"{prefix}*")]
