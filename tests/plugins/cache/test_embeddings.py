@@ -105,7 +105,7 @@ def test_values_are_json_with_versioned_keys(make_client: MakeClient, server: Fa
     client = make_client(middleware=["cache"], cache=section)
     client.embed(["some text"], model=MODEL)
     r = redis.Redis.from_url(redis_server.url)
-    keys = [k.decode() for k in r.scan_iter(match=f"{prefix}*")]
+    keys = [k.decode() for k in r.scan_iter(match=f"{prefix}*") if b"__modelwire_cache_stats__" not in k]
     assert len(keys) == 1 and ":emb-v1:" in keys[0]
     doc = json.loads(r.get(keys[0]) or b"")
     assert doc["kind"] == "embedding" and doc["v"] == "emb-v1" and doc["vector"] == fake_vector("some text")
