@@ -283,6 +283,17 @@ class Client:
             return CheckResult(provider, False, exc.message)
         return instance.check()
 
+    def stats(self) -> dict[str, Any]:
+        """In-process metrics of this client: requests, errors, cache, limiter, tokens, cost,
+        latency, by provider/model and in total (shape: docs/observability.md).
+
+        :raises ConfigurationError: when no plugin collects them (``stats`` disabled).
+        """
+        snapshot: dict[str, Any] | None = self.hook.modelwire_stats_snapshot()
+        if snapshot is None:
+            raise ConfigurationError("no stats are collected: the 'modelwire.plugins.stats' plugin is disabled")
+        return snapshot
+
     # -- warm-up and release ----------------------------------------------------------------------
 
     def _warm_targets(self) -> list[Any]:
