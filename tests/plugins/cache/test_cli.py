@@ -15,7 +15,6 @@ import modelwire
 from modelwire.plugins.cache import CacheError, cache_of
 from modelwire.plugins.cache.cli import demo_step
 from modelwire.testing import FakeServer, Reply
-
 from tests.conftest import SENTINEL_KEY
 
 MakeClient = Callable[..., modelwire.Client]
