@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +18,10 @@ from modelwire.cli import main
 from modelwire.errors import BudgetExceededError, BudgetUnavailableError
 from modelwire.testing import FakeServer, RedisServer, capture_events
 from tests.conftest import SENTINEL_KEY
+from tests.forking import run_forked
 from tests.plugins.budget.test_budget import ESTIMATE, MODEL, USED, tokens_budget
 
 MakeClient = Callable[..., modelwire.Client]
-CHILD_LIMIT = 150.0
 
 
 def _worker(url: str, section: dict[str, Any], start: Any, results: Any) -> None:
@@ -86,42 +85,16 @@ def test_two_processes_share_one_redis_budget(server: FakeServer, redis_server: 
     _two_processes(server, _shared(section), make_client)
 
 
-def _in_child(client: modelwire.Client, out: int) -> None:
-    code = 1
-    try:
-        outcomes = []
-        for _ in range(3):
-            try:
-                client.complete("x", model=MODEL, max_tokens=20)
-                outcomes.append("ok")
-            except BudgetExceededError:
-                outcomes.append("refused")
-        client.close()
-        os.write(out, json.dumps({"outcomes": outcomes}).encode())
-        code = 0
-    except BaseException as exc:  # report anything: the parent asserts on it
-        os.write(out, json.dumps({"error": repr(exc)}).encode())
-    finally:
-        os._exit(code)
-
-
-def _run_forked(client: modelwire.Client) -> dict[str, Any]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        _in_child(client, write)
-    os.close(write)
-    deadline = time.monotonic() + CHILD_LIMIT
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the forked child did not finish within {CHILD_LIMIT} s")
-        time.sleep(0.05)
-    with os.fdopen(read, "rb") as pipe:
-        report: dict[str, Any] = json.loads(pipe.read() or b"{}")
-    return report
+def _child_calls(client: modelwire.Client) -> dict[str, Any]:
+    outcomes = []
+    for _ in range(3):
+        try:
+            client.complete("x", model=MODEL, max_tokens=20)
+            outcomes.append("ok")
+        except BudgetExceededError:
+            outcomes.append("refused")
+    client.close()
+    return {"outcomes": outcomes}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -131,7 +104,7 @@ def test_a_forked_child_shares_the_budget(make_client: MakeClient, server: FakeS
         {"backend": "redis", "url": redis_server.url, "key_prefix": f"fork:{time.time_ns()}:"}
     client = make_client(middleware=["budget"], budget=tokens_budget(3 * USED + ESTIMATE - 1, **section))
     client.complete("x", model=MODEL, max_tokens=20)  # the parent's connection exists before the fork
-    report = _run_forked(client)
+    report = run_forked(lambda: _child_calls(client))
     # The child opened its own connection and counted on the shared store: 2 more, then refused.
     assert report == {"outcomes": ["ok", "ok", "refused"]}
     with pytest.raises(BudgetExceededError) as refused:

@@ -3,9 +3,6 @@ fork start method): real ``os.fork()``, a real redis-server (issue 9, item 13, c
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,53 +13,27 @@ import pytest
 import modelwire
 from modelwire.plugins.cache import cache_of
 from modelwire.testing import FakeServer, RedisServer
+from tests.forking import run_forked
 
 MakeClient = Callable[..., modelwire.Client]
 MODEL = "openai/gpt-4o"
 #: A generous bound for the child: it needs milliseconds; before the fix every backend call in
 #: the child timed out (here after 5 s) and a Redis miss waited for the distributed lock
 #: (``lock_timeout`` + 1 s + timeout; ~31 s with the defaults).
-CHILD_LIMIT = 150.0
 
 
-def _in_child(client: modelwire.Client, out: int) -> None:
-    code = 1
-    try:
-        cache = cache_of(client)
-        stored = client.complete("stored by the parent", model=MODEL)
-        fresh = client.complete("new in the child", model=MODEL)
-        again = client.complete("new in the child", model=MODEL)
-        report = {
-            "stored": [stored.text, stored.cached],
-            "fresh": [fresh.text, fresh.cached],
-            "again": [again.text, again.cached],
-            "metrics": cache.metrics.flat(),
-        }
-        client.close()
-        os.write(out, json.dumps(report).encode())
-        code = 0
-    except BaseException as exc:  # report anything: the parent asserts on it
-        os.write(out, json.dumps({"error": repr(exc)}).encode())
-    finally:
-        os._exit(code)
-
-
-def run_forked(client: modelwire.Client) -> dict[str, Any]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        _in_child(client, write)
-    os.close(write)
-    deadline = time.monotonic() + CHILD_LIMIT
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the forked child did not finish within {CHILD_LIMIT} s")
-        time.sleep(0.05)
-    with os.fdopen(read, "rb") as pipe:
-        report: dict[str, Any] = json.loads(pipe.read() or b"{}")
+def _child_calls(client: modelwire.Client) -> dict[str, Any]:
+    cache = cache_of(client)
+    stored = client.complete("stored by the parent", model=MODEL)
+    fresh = client.complete("new in the child", model=MODEL)
+    again = client.complete("new in the child", model=MODEL)
+    report = {
+        "stored": [stored.text, stored.cached],
+        "fresh": [fresh.text, fresh.cached],
+        "again": [again.text, again.cached],
+        "metrics": cache.metrics.flat(),
+    }
+    client.close()
     return report
 
 
@@ -80,7 +51,7 @@ def test_cache_works_in_a_forked_child(make_client: MakeClient, server: FakeServ
     parent_metrics = dict(cache_of(client).metrics.flat())
     calls = server.calls()
 
-    report = run_forked(client)
+    report = run_forked(lambda: _child_calls(client))
 
     assert "error" not in report, report
     assert report["stored"] == ["echo: stored by the parent", True], "the parent's entry is a hit in the child"

@@ -9,9 +9,7 @@ fell back to a limiter of its own, so parent and children together sent about 3x
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 
 import modelwire
 from modelwire.testing import FakeServer, RedisServer
+from tests.forking import CHILD_LIMIT, collect_child, fork_child
 from tests.plugins.ratelimit.test_middleware import MODEL, chat_times, max_in_window
 
 MakeClient = Callable[..., modelwire.Client]
@@ -29,7 +28,6 @@ PER_PROCESS = 6
 CHILDREN = 2
 #: A generous bound for a child (it needs about (CHILDREN + 1) * PER_PROCESS / RATE s): the
 #: test asserts completion and the shared limit, never speed.
-CHILD_LIMIT = 150.0
 
 
 def _burst(client: modelwire.Client, label: str) -> dict[str, Any]:
@@ -43,34 +41,9 @@ def _burst(client: modelwire.Client, label: str) -> dict[str, Any]:
             "fallback_admissions": state["fallback_admissions"], "admitted": state["admitted"]}
 
 
-def _fork_child(client: modelwire.Client, label: str) -> tuple[int, int]:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report on the pipe, never return into pytest
-        os.close(read)
-        code = 1
-        try:
-            report = _burst(client, label)
-            client.close()
-            os.write(write, json.dumps(report).encode())
-            code = 0
-        except BaseException as exc:
-            os.write(write, json.dumps({"error": repr(exc)}).encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    return pid, read
-
-
-def _collect(pid: int, read: int, deadline: float) -> dict[str, Any]:
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"a forked child did not finish within {CHILD_LIMIT} s")
-        time.sleep(0.05)
-    with os.fdopen(read, "rb") as pipe:
-        report: dict[str, Any] = json.loads(pipe.read() or b"{}")
+def _burst_and_close(client: modelwire.Client, label: str) -> dict[str, Any]:
+    report = _burst(client, label)
+    client.close()
     return report
 
 
@@ -90,10 +63,10 @@ def test_parent_and_forked_children_share_one_limit(
     # The parent uses the limiter before forking: its worker thread, connection and buckets exist.
     client.complete("parent before the fork", model=MODEL)
 
-    children = [_fork_child(client, f"child{n}") for n in range(CHILDREN)]
+    children = [fork_child(functools.partial(_burst_and_close, client, f"child{n}")) for n in range(CHILDREN)]
     parent = _burst(client, "parent")
     deadline = time.monotonic() + CHILD_LIMIT
-    reports = [_collect(pid, read, deadline) for pid, read in children]
+    reports = [collect_child(pid, read, deadline) for pid, read in children]
 
     for report in [parent, *reports]:
         assert "error" not in report, report
