@@ -136,21 +136,38 @@ async def split(client: Client, request: Request, call_next: CallNextEmbed) -> E
         for i in range(0, len(texts), size)
     ]
 
-    async def one(batch: Request) -> Embeddings:
-        async with gate:
-            return await call_next(batch)
+    sent: set[int] = set()
+    failed = False
 
-    tasks = [asyncio.ensure_future(one(b)) for b in batches]
+    async def one(n: int, batch: Request) -> Embeddings:
+        nonlocal failed
+        async with gate:
+            if failed:  # a batch failed for good: send no more
+                raise asyncio.CancelledError
+            sent.add(n)
+            try:
+                return await call_next(batch)
+            except BaseException:
+                failed = True
+                raise
+
+    tasks = [asyncio.ensure_future(one(n, b)) for n, b in enumerate(batches)]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
             error = task.exception() if task.done() and not task.cancelled() else None
             if error is not None:
+                # batches not sent yet are dropped; those in flight finish (cancelling litellm
+                # mid-call leaves its coroutine never awaited, and the request is out anyway)
+                for n, other in enumerate(tasks):
+                    if n not in sent:
+                        other.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 raise error
         return merge([task.result() for task in tasks])
     finally:
         for task in tasks:
-            task.cancel()  # a failed batch (or our caller's cancellation) stops the others
+            task.cancel()  # our caller's cancellation stops every batch
         await asyncio.gather(*tasks, return_exceptions=True)
         request.attempt = max(b.attempt for b in batches)
 
