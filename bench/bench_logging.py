@@ -10,8 +10,8 @@ hit, interleaved call by call:
 
 The ratio as-shipped / filtered is the figure the logging contract promises to keep near 1.
 The variant timed first in each round pays a few percent more (measured here: as shipped first
-1.086, filtered first 0.965, on a quiet 2-core machine), so filtered goes first: the ratio errs
-in neither direction by design; read it from both orders.
+1.086, filtered first 0.965, on a quiet 2-core machine): read the ratio from both orders.
+Here filtered goes first, which favours the as-shipped path by that margin.
 """
 
 from __future__ import annotations
