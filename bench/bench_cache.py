@@ -50,6 +50,15 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer i
 PARAMS: dict[str, Any] = {"temperature": 0, "max_tokens": 16}
 
 
+
+def start_redis_or_none() -> RedisServer | None:
+    """A throwaway redis-server, or None (said on stdout) where the binary is missing."""
+    try:
+        return RedisServer().start()
+    except FileNotFoundError as exc:
+        print(f"redis: skipped ({exc})")
+        return None
+
 async def measure(label: str, call: Callable[[], Awaitable[Any]], n: int, warmup: int = 50) -> dict[str, float]:
     for _ in range(warmup):
         await call()
@@ -130,11 +139,7 @@ async def main() -> int:
             lt.cache = None
 
         # -- modelwire, Redis backend on loopback ------------------------------------------------
-        try:
-            redis_srv: RedisServer | None = RedisServer().start()
-        except FileNotFoundError as exc:
-            redis_srv = None
-            print(f"redis: skipped ({exc})")
+        redis_srv = start_redis_or_none()
         if redis_srv is not None:
             try:
                 rclient = modelwire.Client(config={"middleware": ["cache"], "providers": providers,
@@ -240,11 +245,7 @@ async def figures(quick: bool) -> None:
         await loop_lag("memory backend", {"backend": "memory"}, base, n)
         with tempfile.TemporaryDirectory() as tmp:
             await loop_lag("file backend (worker threads)", {"backend": "file", "path": f"{tmp}/c"}, base, n)
-        try:
-            redis_srv: RedisServer | None = RedisServer().start()
-        except FileNotFoundError as exc:
-            redis_srv = None
-            print(f"redis: skipped ({exc})")
+        redis_srv = start_redis_or_none()
         if redis_srv is not None:
             try:
                 await loop_lag("redis backend (worker threads, loopback)", {"backend": "redis", "url": redis_srv.url},
