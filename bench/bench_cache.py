@@ -50,7 +50,6 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France? Answer i
 PARAMS: dict[str, Any] = {"temperature": 0, "max_tokens": 16}
 
 
-
 def start_redis_or_none() -> RedisServer | None:
     """A throwaway redis-server, or None (said on stdout) where the binary is missing."""
     try:
@@ -58,6 +57,7 @@ def start_redis_or_none() -> RedisServer | None:
     except FileNotFoundError as exc:
         print(f"redis: skipped ({exc})")
         return None
+
 
 async def measure(label: str, call: Callable[[], Awaitable[Any]], n: int, warmup: int = 50) -> dict[str, float]:
     for _ in range(warmup):
