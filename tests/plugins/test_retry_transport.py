@@ -54,11 +54,12 @@ async def test_t17_connection_refused(make_client: Any) -> None:
 
 
 async def test_t18_no_headers_per_attempt_timeout(make_client: Any, server: FakeServer) -> None:
-    client = make_client(middleware=["retry"], retry={"max_attempts": 2, "attempt_timeout": 0.3, "base_delay": 0.01})
-    late = Reply(body=Reply.completion("too late").body, delay=1.0)  # reads the request, sends nothing for 1 s
+    client = make_client(middleware=["retry"], retry={"max_attempts": 2, "attempt_timeout": 1.5, "base_delay": 0.01})
+    # reads the request, sends nothing for 6 s; 1.5 s leaves a loaded machine room to send each attempt
+    late = Reply(body=Reply.completion("too late").body, delay=6.0)
     server.script(late, late)
-    await client.awarmup()  # litellm's import must not eat the first attempt's 0.3 s
-    # without the timeout the late answer would arrive after 1 s and succeed: the error is the proof
+    await client.awarmup()  # litellm's import must not eat the first attempt's 1.5 s
+    # without the timeout the late answer would arrive after 6 s and succeed: the error is the proof
     with pytest.raises(modelwire.ProviderTimeoutError) as info:
         await client.acomplete("hi", model="openai/gpt-4o")
     assert server.calls() == 2 and info.value.attempts == 2
