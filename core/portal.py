@@ -72,14 +72,27 @@ def _stop_portal() -> None:
         _loop = None
     if loop is None or thread is None or pid != os.getpid() or not thread.is_alive():
         return
-    # Closing the live async generators releases what they hold (HTTP sessions: see
-    # modelwire.providers.sessions) while the loop still runs, so nothing is left for finalizers.
     try:
-        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(_EXIT_GRACE)
+        asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(_EXIT_GRACE)
     except Exception:  # the process is exiting: a stuck or failing cleanup must not keep it alive
         pass
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=_EXIT_GRACE)
+    if not thread.is_alive():
+        loop.close()
+
+
+async def _wind_down() -> None:
+    """What ``asyncio.run`` does before it closes its loop. The tasks left (litellm's logging
+    worker) are cancelled and awaited, so none is "destroyed but pending" at exit; closing the
+    live async generators releases what they hold (this loop's HTTP clients, see
+    :mod:`modelwire.providers.transport`) while the loop still runs."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -26,7 +26,7 @@ from modelwire.tools import ToolCall
 from modelwire.types import Chunk, Completion, Embeddings, Request, Usage
 
 from .errors import map_exception
-from .transport import ATTEMPT_HEADER, Transports
+from .transport import ATTEMPT_HEADER, Transports, send
 
 __all__ = ["LiteLLMProvider", "alitellm", "litellm", "warm_imports"]
 
@@ -241,7 +241,7 @@ class LiteLLMProvider(Provider):
         module = await alitellm()  # a cold import never runs on the event loop thread
         args = self.call_args(request)
         try:
-            response = await module.acompletion(**args)
+            response = await send(lambda: module.acompletion(**args), "client" in args)
         except Exception as exc:
             error = map_exception(exc, provider=self.name, model=request.model)
             error.attempts = request.attempt  # the retry middleware, when enabled, keeps it current
@@ -301,12 +301,16 @@ class LiteLLMProvider(Provider):
             try:
                 await upstream.aclose()  # type: ignore[attr-defined]
             finally:
-                token = self._attempts.pop(id(request), None)
-                if token is not None:
-                    if ended:
-                        self._transports.forget(token)
-                    else:
-                        await self._transports.discard(token)
+                await self.end_attempt(request, clean=ended)
+
+    async def end_attempt(self, request: Request, clean: bool) -> None:
+        """Forget ``request``'s stream attempt; one that did not end cleanly takes its connection."""
+        token = self._attempts.pop(id(request), None)
+        if token is not None:
+            if clean:
+                self._transports.forget(token)
+            else:
+                await self._transports.discard(token)
 
     def check(self) -> CheckResult:
         try:

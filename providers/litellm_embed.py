@@ -23,6 +23,7 @@ from modelwire.types import Embeddings, Request, Usage
 
 from .errors import map_exception
 from .litellm_base import _excerpt, alitellm
+from .transport import send
 
 if TYPE_CHECKING:
     from .litellm_base import LiteLLMProvider
@@ -83,7 +84,7 @@ async def aembed(provider: LiteLLMProvider, request: Request) -> Embeddings:
     try:
         if callable(on_send):
             on_send()  # litellm's embedding path never calls logger_fn; the request leaves now
-        response = await module.aembedding(**args)
+        response = await send(lambda: module.aembedding(**args), "client" in args)
     except Exception as exc:
         error = map_exception(exc, provider=provider.name, model=request.model)
         error.attempts = request.attempt

@@ -51,6 +51,7 @@ from modelwire.types import Chunk, Request
 from .errors import detached, map_exception, request_id
 from .sse import SSEDecoder
 from .stream_parse import DONE, EventParser
+from .transport import send
 
 if TYPE_CHECKING:
     from .litellm_base import LiteLLMProvider
@@ -240,6 +241,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
     wrapper: Any = None
     body: Any = None
     failure: ModelwireError | None = None
+    clean = False
     try:
         wrapper = await _open(provider, request, args, clock)
         response = getattr(getattr(wrapper, "completion_stream", None), "response", None)
@@ -252,6 +254,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
                 yield chunk
             if progress.filtered:
                 raise progress.filtered_error()
+            clean = True
             return
         body = response.aiter_bytes()
         decoder = SSEDecoder()
@@ -311,10 +314,15 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
                 raise progress.end_error()
         if progress.filtered:
             raise progress.filtered_error()
+        clean = True
     except ModelwireError as exc:
         failure = exc
     finally:
-        await _close(body, wrapper)
+        try:
+            if not clean:  # its connection closes before the response goes back to the pool
+                await provider.end_attempt(request, clean=False)
+        finally:
+            await _close(body, wrapper)
     if failure is not None:
         raise detached(failure)
 
@@ -325,7 +333,7 @@ async def _open(provider: LiteLLMProvider, request: Request, args: dict[str, Any
 
     deadline, kind = clock.deadline(False, 0.0)
     try:
-        return await _before(litellm().acompletion(**args), deadline)
+        return await _before(send(lambda: litellm().acompletion(**args), "client" in args), deadline)
     except _Expired:
         error: ModelwireError = clock.error(kind, EventParser(provider.name, request.model, {}, None))
     except Exception as exc:

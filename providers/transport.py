@@ -22,21 +22,33 @@ discarded (:meth:`LoopTransport.discard`), so its connection never goes back to 
 when its body ended cleanly on the wire. A request that failed while connecting, or while being
 written (so the server cannot have received a whole request), is resent once on another
 connection; that resend is transparent and is not counted as a retry attempt.
+
+Cancellation (:func:`send`): ``litellm.acompletion`` and ``aembedding`` build the request in a
+worker thread (``loop.run_in_executor``), which returns the coroutine that sends it. A
+cancellation (a timeout, a client that went away) landing while that thread runs drops the
+coroutine unawaited, and Python prints "RuntimeWarning: coroutine
+'OpenAIChatCompletion.acompletion' was never awaited" at some later garbage collection. So a call
+cancelled before its request reached this transport is abandoned instead: the caller gets its
+CancelledError at once, the call goes on in the background until it reaches the transport, which
+ends it there without sending a byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import itertools
 import os
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 
-__all__ = ["ATTEMPT_HEADER", "LoopTransport", "Transports"]
+__all__ = ["ATTEMPT_HEADER", "LoopTransport", "Transports", "send"]
+
+T = TypeVar("T")
 
 #: Carries an attempt's token from the provider to the transport, which removes it before sending.
 ATTEMPT_HEADER = "x-modelwire-attempt"
@@ -44,6 +56,49 @@ _tokens = itertools.count(1)
 
 # Sent before any byte could make a whole request at the server: safe to send again once.
 _NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError)
+
+
+class _Call:
+    """One :func:`send`: whether its request reached the transport, whether it was abandoned."""
+
+    __slots__ = ("abandoned", "reached")
+
+    def __init__(self) -> None:
+        self.reached = False
+        self.abandoned = False
+
+
+_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("modelwire_call", default=None)
+
+
+async def send(call: Callable[[], Awaitable[T]], owned: bool) -> T:
+    """Await ``call()``, a litellm call, so that a cancellation never drops litellm's request
+    coroutine unawaited (see the module docstring). ``owned``: the call goes through this module's
+    transport (litellm's ``client=`` is ours); any other call is simply awaited."""
+    if not owned:
+        return await call()
+    state = _Call()
+    token = _call.set(state)
+    try:
+        task = asyncio.ensure_future(call())  # the task runs in a copy of this context: it sees state
+    finally:
+        _call.reset(token)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if state.reached or task.done():
+            task.cancel()
+            await asyncio.wait({task})  # its connection is closed before the caller goes on
+        else:
+            state.abandoned = True
+        task.add_done_callback(_settle)
+        raise
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome: nobody awaits it any more."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _GuardedTransport(httpx.AsyncBaseTransport):
@@ -55,6 +110,11 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         self.resends = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        call = _call.get()
+        if call is not None:
+            if call.abandoned:
+                raise asyncio.CancelledError  # the caller left while litellm built the request
+            call.reached = True
         token = request.headers.pop(ATTEMPT_HEADER, None)
         try:
             response = await self._inner.handle_async_request(request)
@@ -69,17 +129,23 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         self._open.pop(token, None)
 
     async def discard(self, token: str) -> None:
-        """Close the response of attempt ``token`` and its connection, even if its body ended."""
+        """Close the connection of attempt ``token`` before its response is released, even if its
+        body ended: the pool must never hand that connection to another request.
+
+        A response already released (an error answer the SDK read whole, say) is left alone:
+        httpcore closed its connection unless the response ended whole on the wire, and then the
+        pool may already have given it to the next request.
+        """
         stream = self._open.pop(token, None)
-        if stream is None:
-            return
         pool_stream = getattr(stream, "_httpcore_stream", None)
+        if stream is None or getattr(pool_stream, "_closed", False):
+            return
         connection = getattr(getattr(pool_stream, "_pool_request", None), "connection", None)
-        await stream.aclose()
-        if connection is not None:
-            # Closed after the release: httpcore marks it closed before its first await, so a
-            # request the pool handed it to meanwhile gets ConnectionNotAvailable and moves on.
-            await connection.aclose()
+        try:
+            if connection is not None:
+                await connection.aclose()
+        finally:
+            await stream.aclose()
 
     async def aclose(self) -> None:
         self._open.clear()

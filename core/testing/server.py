@@ -240,7 +240,14 @@ class FakeServer:
             )
             self.port = self._server.sockets[0].getsockname()[1]
             ready.set()
-            self._loop.run_forever()
+            loop = self._loop
+            try:
+                loop.run_forever()
+            finally:  # the tasks stop() cancelled finish, then the loop is closed (no ResourceWarning)
+                pending = asyncio.all_tasks(loop)
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.close()
 
         self._thread = threading.Thread(target=run, name="modelwire-fake-server", daemon=True)
         self._thread.start()

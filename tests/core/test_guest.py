@@ -195,6 +195,51 @@ json.dump({{"counts": counts, "results": results}}, open({str(out)!r}, "w"))
     assert max(counts[2:]) - min(counts[2:]) <= 1, counts
 
 
+def test_cancelled_calls_leave_no_coroutine_unawaited(server: FakeServer, tmp_path: Path) -> None:
+    """Callers cancelled at every point of a call (most of them while litellm builds the request in
+    its worker thread, some while the request is on the wire): no "coroutine ... was never
+    awaited", no request sent after its caller left, and the next call works."""
+    server.script(*[Reply(body=Reply.completion("late").body, delay=1.0)] * 60, match="slow")
+    out = tmp_path / "out.json"
+    proc = _run(
+        _SETUP
+        + f"""
+import gc
+client = modelwire.Client(config=CONFIG)
+async def main():
+    await client.awarmup()
+    cancelled = 0
+    for i in range(60):
+        task = asyncio.ensure_future(
+            client.acomplete(f"c{{i}}", model=("openai/slow", "azure/slow", "local/slow")[i % 3])
+            if i % 4 else client.aembed(["e"], model="openai/emb")
+        )
+        for _ in range(i % 5):
+            await asyncio.sleep(0)
+        await asyncio.sleep((0.0, 0.001, 0.3)[i % 3])
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            cancelled += 1
+    await asyncio.sleep(1.0)  # abandoned calls reach the transport and end there
+    text = (await client.acomplete("after", model="openai/m")).text
+    await client.aclose()
+    return cancelled, text
+cancelled, text = asyncio.run(main())
+gc.collect()
+json.dump({{"cancelled": cancelled, "text": text}}, open({str(out)!r}, "w"))
+""",
+        server,
+        "-W",
+        "default",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "never awaited" not in proc.stderr, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["text"] == "echo: after" and result["cancelled"] >= 55  # 5 embeddings may end in 0.3 s
+
+
 def test_host_at_info_sees_no_litellm_line(server: FakeServer) -> None:
     server.script(Reply.error(500), match="failing")
     proc = _run(
