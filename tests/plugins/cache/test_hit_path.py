@@ -1,0 +1,54 @@
+"""The lean hit path (issue 14): the cache key stays byte-identical across the rewrite (entries
+stored by an older modelwire keep hitting), a hit hands out values the caller may mutate freely,
+and hooks nobody else implements are skipped without changing what a plugin that does sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import modelwire
+from modelwire.plugins.cache import cache_of
+from modelwire.plugins.cache.keys import default_key
+from modelwire.types import Request
+
+KEY = "sk-SENTINEL-0123456789abcdefghij"
+MESSAGES = [{"role": "system", "content": "Be brief, é ✓."}, {"role": "user", "content": "What is 2+2?"}]
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}}}}}]
+
+# Keys as modelwire computed them before the hit path was reworked (commit b08215b): pinned so
+# that no optimisation of the request encoding silently turns every stored entry into a miss.
+GOLDEN: list[tuple[str, dict[str, Any], str]] = [
+    ("openai/gpt-4o", {"temperature": 0, "max_tokens": 16},
+     "openai-3341b60c2080a898:v1:d2dd3340c87eb7c84e2c852425279fa018b9fdfc21998e6dce013e72f17b9d34"),
+    ("openai/gpt-4o", {"temperature": 1.0, "top_p": 0.5, "seed": 7, "stop": ["\n"], "tools": TOOLS,
+                       "tool_choice": "auto", "logit_bias": {50256: -100}, "timeout": 30,
+                       "extra_body": {"num_ctx": 2048}},
+     "openai-3341b60c2080a898:v1:dbb5dfba84e5b42505dc68e790bb3ce4be44eed4b12000e9e2964bf830eccc50"),
+    ("local/llama3", {}, "local:v1:53485a22d31fd9b3f8213f1fb3f2755c8f5d3af2643ce4dd3e39e5fb88f391b0"),
+]
+
+
+@pytest.fixture
+def offline_client(monkeypatch: pytest.MonkeyPatch) -> modelwire.Client:
+    """A cached client whose providers point at a fixed address (part of the key); nothing is sent."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    return modelwire.Client(config={"middleware": ["cache"], "providers": {
+        "openai": {"api_base": "http://127.0.0.1:9/v1", "api_key_env": "OPENAI_API_KEY"},
+        "local": {"kind": "openai_compatible", "api_base": "http://127.0.0.1:9/v1"},
+    }})
+
+
+@pytest.mark.parametrize(("model", "params", "expected"), GOLDEN, ids=["plain", "every-param", "keyless-local"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_golden_cache_key_is_unchanged(offline_client: modelwire.Client, model: str, params: dict[str, Any],
+                                       expected: str, stream: bool) -> None:
+    request = offline_client.request(MESSAGES, model=model, stream=stream, **params)
+    assert cache_of(offline_client).key_for(request) == expected
+
+
+def test_golden_default_key_without_provider() -> None:
+    request = Request("openai", "m", [{"role": "user", "content": "x"}], {"temperature": 0.5})
+    assert default_key(request, None, "ns") == "v1:9d1fbbe45cae7886972443f4d13959d1b22fd47bcbfcfcb870ea3b378428bc2a"
