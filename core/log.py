@@ -63,6 +63,7 @@ _std = logging.getLogger("modelwire")
 _std.addHandler(logging.NullHandler())
 
 #: The event API inside modelwire: ``logger.info("event.name", key=value)``; ``logger.bind(...)``.
-logger: Any = structlog.wrap_logger(
-    _std, processors=[structlog.stdlib.add_log_level, _to_record], wrapper_class=_StdlibBound, context_class=dict
-)
+#: Built directly rather than through ``structlog.wrap_logger``: its lazy proxy assembles a new
+#: bound logger on every method call (``isEnabledFor`` included), about 10 us each on the hit
+#: path, and every setting it would read from structlog's global config is given here anyway.
+logger: Any = _StdlibBound(_std, processors=[structlog.stdlib.add_log_level, _to_record], context={})
