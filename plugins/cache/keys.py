@@ -64,8 +64,21 @@ def canonical(value: Any) -> str:
     >>> canonical({"b": 1.0, "a": "é", "c": {2: 0.5, "x": 1}})
     '{"a":"é","b":1,"c":{"2":0.5,"x":1}}'
     """
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except TypeError:  # keys that cannot be sorted together: _normal writes them as JSON text
+        pass
+    else:
+        # Every integral float up to 2**53 is written "<digits>.0" before a ",", "]", "}" or the
+        # end; without one (the usual request), _normal would change nothing: skip its walk, which
+        # copies the whole request in Python. A match inside a string only costs the slow path.
+        if _INTEGRAL_FLOAT.search(text) is None:
+            return text
     return json.dumps(_normal(value, ""), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=repr)
+
+
+_INTEGRAL_FLOAT = re.compile(r"\.0(?=[,\]}]|$)")
 
 
 #: Integral floats up to this size are exact integers; beyond it they are left as floats.

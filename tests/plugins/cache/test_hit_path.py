@@ -4,13 +4,15 @@ and hooks nobody else implements are skipped without changing what a plugin that
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
 import pytest
 
 import modelwire
 from modelwire.plugins.cache import cache_of
-from modelwire.plugins.cache.keys import default_key
+from modelwire.plugins.cache.keys import _normal, canonical, default_key
 from modelwire.types import Request
 
 KEY = "sk-SENTINEL-0123456789abcdefghij"
@@ -52,3 +54,34 @@ def test_golden_cache_key_is_unchanged(offline_client: modelwire.Client, model: 
 def test_golden_default_key_without_provider() -> None:
     request = Request("openai", "m", [{"role": "user", "content": "x"}], {"temperature": 0.5})
     assert default_key(request, None, "ns") == "v1:9d1fbbe45cae7886972443f4d13959d1b22fd47bcbfcfcb870ea3b378428bc2a"
+
+
+def _reference_canonical(value: Any) -> str:
+    """canonical() as it was before its fast path: always through _normal."""
+    return json.dumps(_normal(value, ""), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> Any:
+    leaves: list[Any] = [
+        rng.choice([0.0, -0.0, 1.0, 2.5, 1e300, 2.0**53, 2.0**53 + 2, 1e16, -7.0, 0.1, float("inf")]),
+        rng.randint(-5, 5), rng.choice(["a", "1.0]", "x.0", "é ✓", "", "v1.0,"]), None, rng.random() < 0.5,
+    ]
+    if depth >= 3 or rng.random() < 0.3:
+        return rng.choice(leaves)
+    if rng.random() < 0.5:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys: list[Any] = ["a", "b", "content", "1", "Z"] if rng.random() < 0.8 else [1, 2, "a", 3.5, None]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_canonical_fast_path_writes_what_the_full_walk_writes() -> None:
+    rng = random.Random(14)
+    for _ in range(3000):
+        value = _random_value(rng)
+        try:
+            expected = _reference_canonical(value)
+        except modelwire.RequestValidationError:  # None and "null" as keys of one dict: ambiguous
+            with pytest.raises(modelwire.RequestValidationError):
+                canonical(value)
+            continue
+        assert canonical(value) == expected, value
