@@ -63,7 +63,7 @@ class Client:
         self.config: Config = load_config(config)
         self.registry: Registry = build_registry(plugins, self.config.disable_plugins)
         self.registry.raise_failures()
-        self.hook: Any = self.registry.pm.hook
+        self.hook: Any = self.registry.hook
         self.providers: dict[str, Provider] = {
             name: self._make_provider(name, raw) for name, raw in self.config.providers.items()
         }
