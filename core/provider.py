@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from . import portal
-from .errors import RequestValidationError, is_secret_name, remember_secret
+from .errors import ConfigurationError, RequestValidationError, is_secret_name, remember_secret
 from .types import Chunk, Completion, Embeddings, Request
 
 __all__ = ["CheckResult", "Provider", "ProviderConfig", "StreamSettings"]
@@ -54,6 +54,9 @@ class ProviderConfig(BaseModel):
     #: Azure, vLLM, llama.cpp, Ollama >= 0.5, LM Studio) or ``json_object`` plus the schema in a
     #: system message, for servers that know only JSON mode (docs/tools.md).
     structured_output: Literal["json_schema", "json_object"] = "json_schema"
+    #: How requests are sent: ``litellm`` (the default, every kind) or ``direct`` (modelwire's own
+    #: HTTP client, for the kinds whose :attr:`Provider.transports` include it: docs/configuration.md).
+    transport: Literal["litellm", "direct"] = "litellm"
     params: dict[str, Any] = {}
 
     @field_validator("api_base")
@@ -136,8 +139,17 @@ class Provider:
     Config: ClassVar[type[ProviderConfig]] = ProviderConfig
     #: Texts per embeddings request when the config sets no ``embed_batch_size``.
     default_embed_batch_size: ClassVar[int] = 256
+    #: The values of the ``transport`` setting this kind accepts.
+    transports: ClassVar[frozenset[str]] = frozenset({"litellm"})
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
+        if config.transport not in self.transports:
+            allowed = ", ".join(repr(t) for t in sorted(self.transports))
+            raise ConfigurationError(
+                f"config key 'providers.{name}.transport': {config.transport!r} is not available for kind "
+                f"{config.kind or type(self).__name__!r} (allowed: {allowed}; 'direct' serves the kinds openai, "
+                "azure and openai_compatible)"
+            )
         self.name = name
         self.config = config
 

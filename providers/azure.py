@@ -14,7 +14,7 @@ from modelwire.errors import ConfigurationError
 from modelwire.hookspecs import hookimpl
 from modelwire.provider import ProviderConfig
 
-from .litellm_base import LiteLLMProvider
+from .litellm_base import DIRECT_OR_LITELLM, LiteLLMProvider
 
 __all__ = ["AzureProvider"]
 
@@ -23,6 +23,7 @@ class AzureProvider(LiteLLMProvider):
     """Azure OpenAI through litellm's ``azure/`` route."""
 
     prefix = "azure"
+    transports = DIRECT_OR_LITELLM
     default_key_env = "AZURE_OPENAI_API_KEY"
 
     def __init__(self, name: str, config: ProviderConfig) -> None:

@@ -9,42 +9,41 @@ The order of evidence, most reliable first:
    cut short, timeouts): litellm reports those as a synthetic 500 or 408, which would be wrong.
 3. The HTTP status; the body text refines it (context window, content filter, quota).
 
-Every mapped error carries provider, model, status, request id, ``retry_after`` when the
-provider said how long to wait, a body excerpt, ``retryable`` and ``request_sent`` (False when the
-request surely never reached the server, so a retry cannot bill twice).
+Once the status, headers and body are dug out of the chain, the error is built by
+:mod:`modelwire.providers.wire.status`, the mapping the direct route uses for the same answer.
+Raw httpx / aiohttp / OS exceptions (the direct route's transport failures) are mapped here too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import math
 import re
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from modelwire import errors as e
 
+from .wire.status import (
+    build_error,
+    error_for_status,
+    error_in_200,
+    no_choices_error,
+    not_json_200,
+    parse_duration,
+    parse_retry_after,
+    rate_limit_hint,
+    request_id,
+)
+
 __all__ = ["detached", "map_exception", "parse_duration", "parse_retry_after", "rate_limit_hint", "request_id"]
 
-_CONTEXT = re.compile(
-    r"context_length_exceeded|maximum context length|context window|exceed_context_size|"
-    r"exceeds the available context|context size has been exceeded",
-    re.IGNORECASE,
-)
-_CONTENT_FILTER = re.compile(r"content_filter|content management policy|ResponsibleAIPolicyViolation", re.I)
-_QUOTA = re.compile(r"insufficient_quota|credit_balance_exhausted|exceeded your current quota|Request too large", re.I)
-_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?(?:ms|s|m|h)(?:\d+(?:\.\d+)?(?:ms|s))?)", re.I)
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _PREFIX = re.compile(
     r"^(?:litellm\.\w+:\s*|\w+(?:Error|Exception):\s*|\w*Exception(?:\s+\w+)?\s+-\s+|Timeout Error:\s*|"
     r"APITimeoutError\s+-\s+)"
 )
 _INVALID_BODY = "Empty or invalid response from LLM endpoint"
 _NO_CHOICES = re.compile(r"no 'choices'|'choices' that is not a list")
-_MAX_SANE_SECONDS = 10 * 365 * 86400.0
 
 # Class names (anywhere in an exception's MRO) that identify transport failures, so that no
 # transport library has to be imported here.
@@ -57,111 +56,6 @@ _CONNECTION_NAMES = {
     "APIConnectionError", "TransportError", "ClientError", "ConnectionError", "OSError", "RemoteProtocolError",
     "ClientPayloadError", "HttpProcessingError", "ServerDisconnectedError", "IncompleteReadError",
 }
-
-
-# -- Retry-After and friends ---------------------------------------------------------------------
-
-
-def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
-    """Seconds to wait according to ``retry-after-ms``, then ``retry-after`` (seconds or an
-    HTTP date). Malformed, negative, infinite or absurd values give None, never an exception.
-
-    >>> parse_retry_after({"retry-after-ms": "1500", "retry-after": "2"})
-    1.5
-    """
-    if not headers:
-        return None
-    lower = _lower(headers)
-    ms = _number(lower.get("retry-after-ms"))
-    if ms is not None:
-        return ms / 1000.0
-    raw = lower.get("retry-after")
-    if raw is None:
-        return None
-    seconds = _number(raw)
-    if seconds is not None:
-        return seconds
-    try:
-        parsed = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed is None or parsed.tzinfo is None:
-        return None
-    delta = parsed.timestamp() - (time.time() if now is None else now)
-    return delta if 0 <= delta <= _MAX_SANE_SECONDS else None
-
-
-def parse_duration(raw: str | None) -> float | None:
-    """A Go-style duration (``6m0s``, ``1s``, ``12ms``, ``1.2s``, ``1h2m``) in seconds, or None.
-
-    >>> parse_duration("6m0s"), parse_duration("12ms"), parse_duration("soon")
-    (360.0, 0.012, None)
-    """
-    if not raw or not isinstance(raw, str):
-        return None
-    text = raw.strip()
-    if text in ("0", "-1") or text.startswith("-"):
-        return None  # Azure's "-1"/"0" sentinels mean "unknown", not "now"
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    total, pos = 0.0, 0
-    for match in _GO_DURATION.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * units[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0 or not math.isfinite(total) or total > _MAX_SANE_SECONDS:
-        return None
-    return total
-
-
-def rate_limit_hint(headers: Mapping[str, str] | None, text: str = "", limit_type: str | None = None) -> float | None:
-    """A softer hint than Retry-After: ``x-ratelimit-reset-requests/tokens`` for the exhausted
-    limit, else OpenAI's "Please try again in 644ms". These say when the window is full again,
-    which over-estimates the wait, so the retry policy never fails fast because of them."""
-    lower = _lower(headers) if headers else {}
-    resets: dict[str, float] = {}
-    for kind in ("requests", "tokens"):
-        value = parse_duration(lower.get(f"x-ratelimit-reset-{kind}"))
-        if value is not None and value > 0:
-            resets[kind] = value
-    if resets:
-        exhausted = [k for k in resets if _number(lower.get(f"x-ratelimit-remaining-{k}")) == 0]
-        if limit_type in resets:
-            return resets[limit_type]
-        return max(resets[k] for k in exhausted) if exhausted else min(resets.values())
-    match = _TRY_AGAIN.search(text)
-    return parse_duration(match.group(1)) if match else None
-
-
-def request_id(headers: Mapping[str, str] | None) -> str | None:
-    """The provider's request id (OpenAI ``x-request-id``, Azure ``apim-request-id``)."""
-    if not headers:
-        return None
-    lower = _lower(headers)
-    for name in ("x-request-id", "apim-request-id", "request-id"):
-        value = lower.get(name)
-        if value:
-            return str(value)
-    return None
-
-
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    try:
-        return {str(k).lower(): str(v) for k, v in headers.items()}
-    except Exception:  # a header object that cannot be iterated must not mask the real error
-        return {}
-
-
-def _number(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if math.isnan(value) or value < 0 or value > _MAX_SANE_SECONDS:
-        return None
-    return value
 
 
 # -- walking the exception chain -----------------------------------------------------------------
@@ -284,7 +178,6 @@ def detached(error: e.ModelwireError) -> e.ModelwireError:
     return error
 
 
-
 def map_exception(exc: BaseException, *, provider: str, model: str) -> e.ModelwireError:
     """Turn ``exc`` into the matching :class:`~modelwire.ModelwireError` subclass.
 
@@ -296,141 +189,48 @@ def map_exception(exc: BaseException, *, provider: str, model: str) -> e.Modelwi
         return exc
     unsent = _build_failure(exc)
     if unsent is not None:
-        detail = _short(f"{type(unsent).__name__}: {unsent}")
-        refused = e.RequestValidationError(
-            f"the request could not be built, nothing was sent ({detail}); check the messages and parameters",
-            provider=provider,
-            model=model,
-            retryable=False,
-        )
-        refused.request_sent = False
-        return refused
+        return unbuildable(f"{type(unsent).__name__}: {unsent}", provider=provider, model=model)
     headers = _headers_of(exc)
     raw_text = str(getattr(exc, "message", None) or exc) or type(exc).__name__
     text = _short(raw_text)
     body = _body_of(exc)
-    kw: dict[str, Any] = {
-        "provider": provider,
-        "model": model,
-        "request_id": request_id(headers) or getattr(exc, "request_id", None) or None,
-        "body": body or text,
-    }
-    http_status = _http_status(exc)
-    has_response = any(_is_response_error(n) for n in _chain(exc))
-    kind: type[e.ProviderError]
-    retryable: bool | None = None
-    sent: bool | None = True
+    where: dict[str, Any] = {"provider": provider, "model": model}
     if _INVALID_BODY in raw_text:
-        kind, retryable, kw["status"] = e.InvalidResponseError, True, 200
         received = raw_text.split("Received:", 1)[-1].split(". Check the", 1)[0].strip()
-        text = f"the provider answered 200 with a body that is not JSON: {received[:200]}"
-    elif _NO_CHOICES.search(raw_text):
-        kw["status"] = 200
-        if "'message'" in raw_text and ("'object'" in raw_text or "'code'" in raw_text):
-            kind, retryable = e.ServerError, True
-            text = "the provider answered 200 with a top-level error object (vLLM shape) instead of a completion"
-        else:
-            kind = e.InvalidResponseError
-            text = "the provider answered 200 without a list of choices: " + text
-    elif (embedded := _embedded_error(exc)) is not None:
-        code = getattr(embedded, "status_code", None)
-        kw["status"] = 200
+        return not_json_200(received, headers, body or text, **where)
+    if _NO_CHOICES.search(raw_text):
+        vllm = "'message'" in raw_text and ("'object'" in raw_text or "'code'" in raw_text)
+        return no_choices_error(text, headers, body or text, vllm_error=vllm, **where)
+    embedded = _embedded_error(exc)
+    if embedded is not None:
         detail = _short(str(getattr(embedded, "message", None) or embedded or text))
-        text = f"the provider answered 200 with an error body: {detail}"
-        numeric = _int(code)
-        if numeric == 422:  # litellm's stand-in when the embedded error has no code
-            numeric = None
-        kind = _class_for(numeric, f"{code} {text}", "") if numeric and numeric >= 400 else _class_for(None, text, "")
-        if kind is e.ProviderError:
-            kind = e.ServerError
-    elif not has_response and (transport := _transport(exc)) is not None:
+        return error_in_200(getattr(embedded, "status_code", None), detail, headers, body or text, **where)
+    fallback_id = getattr(exc, "request_id", None)
+    has_response = any(_is_response_error(n) for n in _chain(exc))
+    transport = None if has_response else _transport(exc)
+    if transport is not None:
         kind, sent = transport
-        kw["status"] = None
-        text = _with_root_cause(text, exc)
-    else:
-        kw["status"] = http_status
-        kind = _class_for(http_status, f"{text} {body or ''}", type(exc).__name__)
-        text = _describe(kind, http_status, text, body, provider, model, raw_text)
-        if http_status is None and kind is e.ProviderError and (transport := _transport(exc)) is not None:
-            kind, sent = transport
-    if issubclass(kind, e.RateLimitError):
-        kw["limit_type"] = _limit_type(f"{text} {body or ''}")
-    error = kind(text, **kw)
-    error.request_sent = sent
-    _set_retry_after(error, headers, f"{text} {body or ''}")
-    should = str(_lower(headers).get("x-should-retry", "")).lower() if headers else ""
-    if should in ("true", "false") and not isinstance(error, (e.QuotaExceededError, e.ContentFilterError)):
-        retryable = should == "true"  # the server knows best (openai-python semantics)
-    if retryable is not None:
-        error.retryable = retryable
+        return build_error(kind, _with_root_cause(text, exc), status=None, headers=headers, body=body,
+                           sent=sent, fallback_request_id=fallback_id, **where)
+    error = error_for_status(_http_status(exc), headers, text, body, type_name=type(exc).__name__, raw=raw_text,
+                             fallback_request_id=fallback_id, **where)
+    if error.status is None and type(error) is e.ProviderError and (transport := _transport(exc)) is not None:
+        kind, sent = transport
+        return build_error(kind, error.message, status=None, headers=headers, body=body, sent=sent,
+                           fallback_request_id=fallback_id, **where)
     return error
 
 
-def _set_retry_after(error: e.ModelwireError, headers: Mapping[str, str] | None, text: str) -> None:
-    exact = parse_retry_after(headers)
-    if exact is not None and exact > 0:
-        error.retry_after, error.retry_after_source = exact, "header"
-    elif isinstance(error, e.RateLimitError):
-        hint = rate_limit_hint(headers, text, error.limit_type)
-        if hint is not None:
-            error.retry_after, error.retry_after_source = hint, "hint"
-
-
-def _class_for(status: int | None, text: str, type_name: str) -> type[e.ProviderError]:
-    if status == 400 or status == 422 or "BadRequest" in type_name or "UnprocessableEntity" in type_name:
-        if _CONTEXT.search(text) or "ContextWindow" in type_name:
-            return e.ContextWindowExceededError
-        if _CONTENT_FILTER.search(text) or "ContentPolicy" in type_name:
-            return e.ContentFilterError
-        return e.BadRequestError
-    if status == 401 or type_name == "AuthenticationError":
-        return e.AuthenticationError
-    if status == 403 or type_name == "PermissionDeniedError":
-        return e.PermissionDeniedError
-    if status == 404 or type_name == "NotFoundError":
-        return e.NotFoundError
-    if status == 408:
-        return e.ProviderTimeoutError
-    if status == 429 or type_name == "RateLimitError":
-        return e.QuotaExceededError if _QUOTA.search(text) else e.RateLimitError
-    if status == 503 or type_name == "ServiceUnavailableError":
-        return e.ServiceUnavailableError
-    if (status is not None and status >= 500) or status == 409:
-        if _CONTEXT.search(text):  # llama.cpp has reported context overflow as a 500
-            return e.ContextWindowExceededError
-        return e.ServerError
-    if status is not None and 400 <= status < 500:
-        return e.BadRequestError
-    if _CONTEXT.search(text):
-        return e.ContextWindowExceededError
-    if _CONTENT_FILTER.search(text):
-        return e.ContentFilterError
-    return e.ProviderError
-
-
-def _describe(
-    kind: type[e.ProviderError], status: int | None, text: str, body: str | None, provider: str, model: str, raw: str
-) -> str:
-    """A message a person can act on, for the cases where the provider's own is cryptic."""
-    if status is not None and text.startswith("Error code:") and body:
-        excerpt = re.sub(r"<[^>]+>", " ", body)
-        excerpt = re.sub(r"\s+", " ", excerpt).strip()[:200]
-        text = f"HTTP {status} with a non-JSON body: {excerpt or body[:200]}"
-    if kind is e.NotFoundError:
-        blob = f"{raw} {body or ''}"
-        if "DeploymentNotFound" in blob:
-            text = (
-                f"Azure deployment '{model}' does not exist on provider '{provider}' (DeploymentNotFound): "
-                f"check the deployment name (models are addressed as '{provider}/<deployment>'); "
-                "a deployment created in the last 5 minutes may not be ready yet"
-            )
-        elif "Resource not found" in blob:
-            text = (
-                f"'{provider}' answered 404 Resource not found: on Azure this means a missing or unsupported "
-                f"api-version or an api_base that is not the resource endpoint; check providers.{provider}.api_version "
-                f"and providers.{provider}.api_base"
-            )
-    return text
+def unbuildable(detail: str, *, provider: str, model: str) -> e.RequestValidationError:
+    """The request could not be turned into an HTTP request: the caller's mistake, nothing was sent."""
+    refused = e.RequestValidationError(
+        f"the request could not be built, nothing was sent ({_short(detail)}); check the messages and parameters",
+        provider=provider,
+        model=model,
+        retryable=False,
+    )
+    refused.request_sent = False
+    return refused
 
 
 def _with_root_cause(text: str, exc: BaseException) -> str:
@@ -440,22 +240,6 @@ def _with_root_cause(text: str, exc: BaseException) -> str:
         return text
     detail = str(root).strip()
     return f"{text} ({type(root).__name__}{': ' + detail[:200] if detail else ''})"
-
-
-def _limit_type(text: str) -> str | None:
-    low = text.lower()
-    if "tokens per min" in low or '"type": "tokens"' in low or "(tpm)" in low:
-        return "tokens"
-    if "requests per min" in low or '"type": "requests"' in low or "(rpm)" in low:
-        return "requests"
-    return None
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _short(text: str) -> str:

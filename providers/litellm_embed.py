@@ -18,12 +18,12 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from modelwire.errors import InvalidResponseError
-from modelwire.types import Embeddings, Request, Usage
+from modelwire.types import Embeddings, Request
 
 from .errors import map_exception
-from .litellm_base import _excerpt, alitellm
+from .litellm_base import alitellm
 from .transport import send
+from .wire.answer import embeddings_from
 
 if TYPE_CHECKING:
     from .litellm_base import LiteLLMProvider
@@ -89,40 +89,6 @@ async def aembed(provider: LiteLLMProvider, request: Request) -> Embeddings:
         error = map_exception(exc, provider=provider.name, model=request.model)
         error.attempts = request.attempt
     else:
-        return _embeddings(provider.name, request, response)
+        return embeddings_from(provider.name, request, getattr(response, "data", None),
+                               getattr(response, "usage", None), response)
     raise error  # outside the handler: litellm's exception (it can hold the key) stays unreachable
-
-
-def _embeddings(name: str, request: Request, response: Any) -> Embeddings:
-    texts = request.params["input"]
-    data = getattr(response, "data", None) or []
-    vectors: list[list[float] | None] = [None] * len(texts)
-    for position, item in enumerate(data):
-        index = _get(item, "index", position)
-        vector = _get(item, "embedding", None)
-        if isinstance(index, int) and 0 <= index < len(texts) and isinstance(vector, list):
-            vectors[index] = [float(v) for v in vector]
-    if len(data) != len(texts) or any(v is None for v in vectors):
-        raise InvalidResponseError(
-            f"the provider answered {len(data)} embeddings for {len(texts)} texts",
-            provider=name,
-            model=request.model,
-            status=200,
-            body=_excerpt(response),
-            attempts=request.attempt,
-        )
-    usage = getattr(response, "usage", None)
-    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-    total = int(getattr(usage, "total_tokens", 0) or prompt)
-    return Embeddings(
-        vectors=[v for v in vectors if v is not None],
-        model=request.model,
-        provider=name,
-        usage=Usage(prompt, 0, total) if usage is not None else None,
-        from_cache=[False] * len(texts),
-        raw=response,
-    )
-
-
-def _get(item: Any, key: str, default: Any) -> Any:
-    return item.get(key, default) if isinstance(item, dict) else getattr(item, key, default)

@@ -7,13 +7,15 @@ from typing import Any
 
 from modelwire.hookspecs import hookimpl
 
-from .litellm_base import LiteLLMProvider
+from .litellm_base import DIRECT_OR_LITELLM, LiteLLMProvider
 
 __all__ = ["OpenAIProvider"]
 
 
 class OpenAIProvider(LiteLLMProvider):
     """OpenAI; the key comes from ``OPENAI_API_KEY`` unless ``api_key_env`` names another."""
+
+    transports = DIRECT_OR_LITELLM
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from modelwire.errors import ConfigurationError
 from modelwire.hookspecs import hookimpl
 from modelwire.provider import ProviderConfig
 
-from .litellm_base import LiteLLMProvider
+from .litellm_base import DIRECT_OR_LITELLM, LiteLLMProvider
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -22,6 +22,7 @@ class OpenAICompatibleProvider(LiteLLMProvider):
     """Any server with an OpenAI-style ``/chat/completions``."""
 
     default_key_env = None
+    transports = DIRECT_OR_LITELLM
     key_required = False
     # A local server embeds a batch in one forward pass bounded by its own batch size (llama.cpp's
     # --ubatch-size, vLLM's max_num_seqs): smaller requests avoid its 500s and timeouts.

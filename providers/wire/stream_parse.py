@@ -25,7 +25,7 @@ from typing import Any
 from modelwire.errors import ModelwireError, StreamInterruptedError, StreamProtocolError
 from modelwire.types import Chunk, ToolCallDelta, Usage
 
-from .errors import map_exception
+from .status import error_for_status
 
 __all__ = ["DONE", "EventParser"]
 
@@ -47,16 +47,6 @@ _TYPE_STATUS = {
     "authentication_error": 401,
     "not_found_error": 404,
 }
-
-
-class _StreamErrorEvent(Exception):
-    """An error the server reported inside the stream, shaped for :func:`map_exception`."""
-
-    def __init__(self, message: str, status_code: int | None, headers: Mapping[str, str]) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.litellm_response_headers = headers
 
 
 class EventParser:
@@ -198,4 +188,4 @@ class EventParser:
         extras = {k: v for k, v in err.items() if k != "message" and isinstance(v, (str, int, float)) and v != ""}
         detail = ", ".join(f"{k}={v}" for k, v in extras.items())
         text = f"{message} ({detail}; sent inside the stream)" if detail else f"{message} (sent inside the stream)"
-        return map_exception(_StreamErrorEvent(text, status, self.headers), provider=self.provider, model=self.model)
+        return error_for_status(status, self.headers, text[:400], None, provider=self.provider, model=self.model)

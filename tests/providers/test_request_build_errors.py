@@ -52,10 +52,15 @@ def guarded(make_client: Any, plugin: Rewrite) -> modelwire.Client:
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 async def test_build_failure_is_a_validation_error_nobody_counts(
-    make_client: Any, server: FakeServer, rewrite: dict[str, Any], stream: bool
+    make_client: Any, server: FakeServer, rewrite: dict[str, Any], stream: bool, transport: str
 ) -> None:
     plugin = Rewrite(**rewrite)
     client = guarded(make_client, plugin)
+    if transport == "direct" and "logit_bias" in rewrite:
+        # JSON carries token ids as strings anyway: the direct route sends what validation would
+        await client.acomplete("hello", model="openai/gpt-4o")
+        assert server.requests[0].json["logit_bias"] == {"1234": -100}
+        return
     for _ in range(4):  # more than the circuit's failure_threshold
         with pytest.raises(modelwire.RequestValidationError) as info:
             if stream:

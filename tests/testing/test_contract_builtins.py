@@ -1,4 +1,4 @@
-"""The three built-in provider kinds pass the provider contract (modelwire.testing.contract)."""
+"""The three built-in provider kinds pass the provider contract (modelwire.testing.contract), on both transports."""
 
 from __future__ import annotations
 
@@ -18,3 +18,18 @@ class TestAzure(ProviderContract):
 class TestOpenAICompatible(ProviderContract):
     provider_config = {"kind": "openai_compatible", "api_base": "{openai_url}", "api_key_env": "MODELWIRE_CONTRACT_KEY"}
     model = "llama3"
+
+
+# The same kinds on the direct route (transport = "direct": no litellm on the way).
+
+
+class TestOpenAIDirect(TestOpenAI):
+    provider_config = {**TestOpenAI.provider_config, "transport": "direct"}
+
+
+class TestAzureDirect(TestAzure):
+    provider_config = {**TestAzure.provider_config, "transport": "direct"}
+
+
+class TestOpenAICompatibleDirect(TestOpenAICompatible):
+    provider_config = {**TestOpenAICompatible.provider_config, "transport": "direct"}
