@@ -30,6 +30,7 @@ __all__ = [
     "MemBackend",
     "NullBackend",
     "RedisCacheBackend",
+    "Stored",
 ]
 
 # dogpile.cache ships no type hints: its backends are handled as Any.
@@ -147,8 +148,19 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, (bytes, str)) else 0
 
 
+class Stored(bytes):
+    """A value of the memory backend: its JSON bytes, plus ``entry``, the decoded document once
+    a read decoded it (:func:`~.codec.read_entry`), so that later hits decode nothing."""
+
+    entry: dict[str, Any] | None = None
+
+
 class MemBackend(Backend):
-    """dogpile's MemoryBackend over a bounded LRU dict (dogpile's own dict grows forever)."""
+    """dogpile's MemoryBackend over a bounded LRU dict (dogpile's own dict grows forever).
+
+    Values are kept as :class:`Stored` bytes and handed out as they are (bytes are immutable;
+    the decoded entry they carry is read-only by contract, copied by the codec on every hit).
+    """
 
     name = "memory"
 
@@ -158,10 +170,10 @@ class MemBackend(Backend):
 
     def get(self, key: str) -> bytes | None:
         value = self._dogpile.get(key)
-        return None if value is NO_VALUE else bytes(value)
+        return None if value is NO_VALUE else value if type(value) is Stored else bytes(value)
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        self._dogpile.set(key, value)
+        self._dogpile.set(key, Stored(value))
 
     def delete(self, key: str) -> None:
         with self.data.lock:

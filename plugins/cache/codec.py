@@ -1,5 +1,10 @@
 """Stored values: JSON documents, never pickle, turned into fresh objects on every read.
 
+The memory backend keeps each value as :class:`~.backends.Stored` bytes, which also hold the
+entry once decoded (:func:`read_entry`): a hit then decodes nothing, and every object handed to
+the caller is still a fresh copy (:func:`completion_from_entry`, :func:`chunks_from_entry`), so
+a caller mutating its answer never changes the cached one.
+
 An entry is ``{"v": 1, "exp": <unix time or null>, "kind": "completion" | "stream", ...}``.
 A whole completion keeps its fields (and the provider's raw body as JSON); a stream keeps its
 real chunks, so a streamed hit replays the same deltas, tool-call deltas, finish_reason and
@@ -15,6 +20,8 @@ from typing import Any
 
 from modelwire.types import Chunk, Completion, ToolCall, ToolCallDelta, Usage
 
+from .backends import Stored
+
 __all__ = [
     "FORMAT",
     "CorruptEntry",
@@ -25,7 +32,9 @@ __all__ = [
     "encode",
     "entry_from_chunks",
     "entry_from_completion",
+    "json_copy",
     "raw_json",
+    "read_entry",
     "size_floor",
 ]
 
@@ -133,18 +142,46 @@ def decode(data: bytes | str) -> dict[str, Any] | None:
     return doc
 
 
+def read_entry(data: bytes) -> dict[str, Any] | None:
+    """The entry stored as ``data``, or None when it has expired. Decoded once per stored value
+    when ``data`` is :class:`~.backends.Stored` (the memory backend's); never hand the entry out.
+
+    :raises CorruptEntry: when ``data`` is not a current-format modelwire entry.
+    """
+    entry: dict[str, Any] | None = getattr(data, "entry", None)
+    if entry is None:
+        entry = decode(data)
+        if entry is not None and isinstance(data, Stored):
+            data.entry = entry  # two threads racing here store equal entries: harmless
+        return entry
+    exp = entry.get("exp")
+    return None if exp is not None and exp <= time.time() else entry
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars), several times cheaper than
+    ``copy.deepcopy``; anything else is returned as it is (JSON values hold nothing else)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [json_copy(v) for v in value]
+    return value
+
+
 def completion_from_entry(entry: dict[str, Any]) -> Completion:
-    """A fresh :class:`Completion` marked ``cached``. ``entry`` must be a freshly decoded one."""
+    """A fresh :class:`Completion` marked ``cached``, sharing nothing mutable with ``entry``."""
+    calls = entry.get("tool_calls")
     return Completion(
-        text=entry.get("text") or "",
-        finish_reason=entry.get("finish_reason"),
-        model=entry.get("model") or "",
-        provider=entry.get("provider") or "",
-        usage=Usage.from_dict(entry.get("usage")),
-        tool_calls=[ToolCall.from_dict(call) for call in entry.get("tool_calls") or []],
-        cached=True,
-        raw=entry.get("raw"),
-        cost=entry.get("cost"),  # what the answer cost when stored (the cost plugin reports it as saved)
+        entry.get("text") or "",
+        entry.get("finish_reason"),
+        entry.get("model") or "",
+        entry.get("provider") or "",
+        Usage.from_dict(entry.get("usage")),
+        [ToolCall.from_dict(call) for call in calls] if calls else [],
+        True,
+        json_copy(entry.get("raw")),
+        entry.get("cost"),  # what the answer cost when stored (the cost plugin reports it as saved)
     )
 
 
@@ -177,7 +214,7 @@ def chunks_from_entry(entry: dict[str, Any]) -> list[Chunk]:
             usage=Usage.from_dict(c.get("usage")),
             index=c.get("index") or 0,
             cached=True,
-            metadata={**(c.get("metadata") or {}), "cache_hit": True},
+            metadata={**json_copy(c.get("metadata") or {}), "cache_hit": True},
         )
         for c in stored
     ]

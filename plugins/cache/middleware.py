@@ -32,10 +32,10 @@ from .codec import (
     assemble,
     chunks_from_entry,
     completion_from_entry,
-    decode,
     encode,
     entry_from_chunks,
     entry_from_completion,
+    read_entry,
     size_floor,
 )
 from .config import CacheConfig, CacheOptions, make_backend
@@ -141,7 +141,7 @@ class CacheMiddleware(CacheAdmin, Middleware):
         if data is None:
             return None
         try:
-            entry = decode(data)
+            entry = read_entry(data)
         except CorruptEntry as exc:
             self.metrics.corrupt += 1
             logger.warning("cache.corrupt_entry", backend=self.store.backend.name, reason=str(exc))

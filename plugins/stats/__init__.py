@@ -66,7 +66,7 @@ class Recorder:
         self.store: Store | None = make_store(config)
         self._values: dict[str, float] = {}
         self._flushed: dict[str, float] = {}
-        self._groups: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._names: dict[tuple[str, str, str], tuple[str, str, str]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,23 +77,32 @@ class Recorder:
 
     # -- counting --------------------------------------------------------------------------------
 
-    def _prefixes(self, provider: str, model: str) -> tuple[str, str, str]:
-        found = self._groups.get((provider, model))
+    def _keys(self, provider: str, model: str, name: str) -> tuple[str, str, str]:
+        """The flat keys of counter ``name`` in the total, the provider and the model, memoised:
+        every response adds to several counters, and building the keys was most of the work."""
+        found = self._names.get((provider, model, name))
         if found is None:
-            found = ("total|", f"provider:{provider}|", f"model:{provider}/{model}|")
-            if len(self._groups) < 4096:  # a bound even if callers invent model names
-                self._groups[(provider, model)] = found
+            found = (f"total|{name}", f"provider:{provider}|{name}", f"model:{provider}/{model}|{name}")
+            if len(self._names) < 65536:  # a bound even if callers invent model names
+                self._names[(provider, model, name)] = found
         return found
 
     def add(self, provider: str, model: str, amounts: dict[str, float]) -> None:
         """Add ``amounts`` (``{"name": n}``) to the total, the provider and the model."""
-        prefixes = self._prefixes(provider, model)
+        keyed = [(self._keys(provider, model, name), amount) for name, amount in amounts.items()]
         values = self._values
         with self._lock:
-            for prefix in prefixes:
-                for name, amount in amounts.items():
-                    key = prefix + name
+            for keys, amount in keyed:
+                for key in keys:
                     values[key] = values.get(key, 0) + amount
+
+    def add_one(self, provider: str, model: str, name: str) -> None:
+        """Add 1 to counter ``name`` (the common case, without building a dict)."""
+        keys = self._keys(provider, model, name)
+        values = self._values
+        with self._lock:
+            for key in keys:
+                values[key] = values.get(key, 0) + 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -108,7 +117,7 @@ class Recorder:
 
     @hookimpl
     def modelwire_request_prepare(self, request: Request) -> None:
-        self.add(request.provider, request.model, {"requests": 1})
+        self.add_one(request.provider, request.model, "requests")
 
     @hookimpl
     def modelwire_response_received(self, request: Request, response: Completion, latency: float) -> None:
@@ -132,15 +141,15 @@ class Recorder:
     @hookimpl
     def modelwire_request_failed(self, request: Request, error: BaseException) -> None:
         name = "cancelled" if isinstance(error, asyncio.CancelledError) else f"errors.{type(error).__name__}"
-        self.add(request.provider, request.model, {name: 1})
+        self.add_one(request.provider, request.model, name)
 
     @hookimpl
     def modelwire_retry_scheduled(self, request: Request) -> None:
-        self.add(request.provider, request.model, {"retries": 1})
+        self.add_one(request.provider, request.model, "retries")
 
     @hookimpl
     def modelwire_fallback_taken(self, request: Request) -> None:
-        self.add(request.provider, request.model, {"fallbacks": 1})
+        self.add_one(request.provider, request.model, "fallbacks")
 
     @hookimpl
     def modelwire_circuit_opened(self, provider: str) -> None:
@@ -156,7 +165,7 @@ class Recorder:
 
     @hookimpl
     def modelwire_limit_rejected(self, request: Request) -> None:
-        self.add(request.provider, request.model, {"limiter.rejections": 1})
+        self.add_one(request.provider, request.model, "limiter.rejections")
 
     @hookimpl
     def modelwire_stream_end(self, request: Request, reason: str, first_token_latency: float | None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ import pytest
 import modelwire
 from modelwire.plugins.cache import cache_of
 from modelwire.plugins.cache.keys import _normal, canonical, default_key
+from modelwire.testing import FakeServer, Reply
 from modelwire.types import Request
+
+MakeClient = Callable[..., modelwire.Client]
 
 KEY = "sk-SENTINEL-0123456789abcdefghij"
 MESSAGES = [{"role": "system", "content": "Be brief, é ✓."}, {"role": "user", "content": "What is 2+2?"}]
@@ -85,3 +89,59 @@ def test_canonical_fast_path_writes_what_the_full_walk_writes() -> None:
                 canonical(value)
             continue
         assert canonical(value) == expected, value
+
+
+# -- hits share nothing mutable with the stored entry (decoded once in the memory backend) ----------
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+
+
+async def test_memory_hit_decodes_once_and_hands_out_copies(make_client: MakeClient, server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    server.script(Reply.completion("four", tool_calls=[CALL]))
+    first = await client.acomplete(MESSAGES, model="openai/gpt-4o")
+    hits = [await client.acomplete(MESSAGES, model="openai/gpt-4o") for _ in range(2)]
+    assert not first.cached and all(h.cached for h in hits) and server.calls() == 1
+    stored = list(cache_of(client).store.backend.data.values())  # type: ignore[attr-defined]
+    assert len(stored) == 1 and isinstance(stored[0], bytes) and json.loads(stored[0])["text"] == "four"
+    assert stored[0].entry is not None  # decoded by the first hit, reused by the next ones
+    a, b = hits
+    assert a.raw == b.raw and a.raw is not b.raw and a.raw["choices"][0] is not b.raw["choices"][0]
+    assert a.usage == b.usage and a.usage is not b.usage
+    assert a.tool_calls == b.tool_calls and a.tool_calls[0] is not b.tool_calls[0]
+    a.text = "tampered"
+    a.raw["choices"][0]["message"]["content"] = "tampered"
+    a.raw["usage"]["total_tokens"] = -1
+    a.tool_calls[0].arguments = "{}"
+    a.tool_calls.append(a.tool_calls[0])
+    assert a.usage is not None
+    a.usage.prompt_tokens = -1
+    again = await client.acomplete(MESSAGES, model="openai/gpt-4o")
+    assert again.text == "four" and again.raw["choices"][0]["message"]["content"] == "four"
+    assert again.raw["usage"]["total_tokens"] > 0 and again.usage is not None and again.usage.prompt_tokens > 0
+    assert [(c.name, c.arguments) for c in again.tool_calls] == [("add", '{"a": 1}')]
+    assert server.calls() == 1
+
+
+async def test_memory_stream_hit_hands_out_fresh_chunks_and_metadata(make_client: MakeClient,
+                                                                     server: FakeServer) -> None:
+    client = make_client(middleware=["cache"])
+    reply = Reply.stream(["fo", "ur"], tool_calls=[CALL])
+    assert reply.events is not None
+    reply.events.insert(1, {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                                "hate": {"filtered": False, "severity": "safe"}}}]})
+    server.script(reply)
+    live = [c async for c in client.astream(MESSAGES, model="azure/gpt-4o")]
+    replay = [c async for c in client.astream(MESSAGES, model="azure/gpt-4o")]
+    assert server.calls() == 1 and all(c.cached for c in replay)
+    filtered = [c for c in replay if "prompt_filter_results" in c.metadata]
+    assert len(filtered) == 1 and len(live) == len(replay)
+    filtered[0].metadata["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"] = True
+    deltas = [d for c in replay for d in c.tool_calls]
+    deltas[0].name = "tampered"
+    again = [c async for c in client.astream(MESSAGES, model="azure/gpt-4o")]
+    meta = next(c.metadata for c in again if "prompt_filter_results" in c.metadata)
+    assert meta["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"] is False
+    assert [d.name for c in again for d in c.tool_calls if d.name] == ["add"]
+    assert "".join(c.text for c in again) == "four" and server.calls() == 1
