@@ -18,8 +18,10 @@ portal at exit) call before closing the loop.
 
 Connection health (issue 9 item 5): httpcore drops an idle pooled connection whose socket has
 become readable (the server closed it) before reusing it. A stream that did not end normally is
-discarded (:meth:`LoopTransport.discard`), so its connection never goes back to the pool even
-when its body ended cleanly on the wire. A request that failed while connecting, or while being
+discarded (:meth:`_GuardedTransport.discard`), so its connection never goes back to the pool even
+when its body ended cleanly on the wire: a stream attempt's response is held (:class:`_Held`)
+until the attempt's verdict, because httpx releases a connection as soon as a body is read to its
+end, before modelwire has judged the stream. A request that failed while connecting, or while being
 written (so the server cannot have received a whole request), is resent once on another
 connection; that resend is transparent and is not counted as a retry attempt.
 
@@ -101,12 +103,27 @@ def _settle(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+class _Held(httpx.AsyncByteStream):
+    """A stream attempt's body whose release to the pool waits for :meth:`_GuardedTransport.forget`
+    or :meth:`_GuardedTransport.discard`: closing it (httpx does when the body ends) only marks it."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for part in self.inner:
+            yield part
+
+    async def aclose(self) -> None:
+        pass  # released by forget() or discard()
+
+
 class _GuardedTransport(httpx.AsyncBaseTransport):
     """httpx's own transport, plus one resend of undelivered requests and per-attempt discard."""
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport(limits=LoopTransport.limits())
-        self._open: dict[str, httpx.AsyncByteStream] = {}
+        self._open: dict[str, _Held] = {}
         self.resends = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -122,30 +139,34 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             self.resends += 1
             response = await self._inner.handle_async_request(request)
         if token is not None and isinstance(response.stream, httpx.AsyncByteStream):
-            self._open[token] = response.stream
+            held = _Held(response.stream)
+            self._open[token] = response.stream = held
         return response
 
-    def forget(self, token: str) -> None:
-        self._open.pop(token, None)
+    async def forget(self, token: str) -> None:
+        """Attempt ``token`` ended normally: its connection goes back to the pool."""
+        held = self._open.pop(token, None)
+        if held is not None:
+            await held.inner.aclose()
 
     async def discard(self, token: str) -> None:
-        """Close the connection of attempt ``token`` before its response is released, even if its
-        body ended: the pool must never hand that connection to another request.
+        """Release attempt ``token``'s response and close its connection, even if its body ended.
 
-        A response already released (an error answer the SDK read whole, say) is left alone:
-        httpcore closed its connection unless the response ended whole on the wire, and then the
-        pool may already have given it to the next request.
+        Closed right after the release, with nothing awaited in between that could suspend:
+        httpcore marks the connection closed before its first await, so a request the pool handed
+        it to meanwhile gets ConnectionNotAvailable and moves on to another connection. (Closing it
+        first does not work: releasing a response that ended whole marks the connection idle again.)
         """
-        stream = self._open.pop(token, None)
-        pool_stream = getattr(stream, "_httpcore_stream", None)
-        if stream is None or getattr(pool_stream, "_closed", False):
+        held = self._open.pop(token, None)
+        if held is None:
             return
+        pool_stream = getattr(held.inner, "_httpcore_stream", None)
         connection = getattr(getattr(pool_stream, "_pool_request", None), "connection", None)
         try:
+            await held.inner.aclose()
+        finally:
             if connection is not None:
                 await connection.aclose()
-        finally:
-            await stream.aclose()
 
     async def aclose(self) -> None:
         self._open.clear()
@@ -231,8 +252,9 @@ class Transports:
         """Coroutine closing the connection of stream attempt ``token`` (see :meth:`current`)."""
         return self.current().transport.discard(token)
 
-    def forget(self, token: str) -> None:
-        self.current().transport.forget(token)
+    def forget(self, token: str) -> Any:
+        """Coroutine releasing the connection of stream attempt ``token`` to the pool."""
+        return self.current().transport.forget(token)
 
     @staticmethod
     def new_token() -> str:
