@@ -13,24 +13,27 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from modelwire.errors import (
-    InvalidResponseError,
-    MissingAPIKeyError,
-    remember_secret,
-)
-from modelwire.log import logger
+from modelwire.errors import MissingAPIKeyError, remember_secret
 from modelwire.provider import CheckResult, Provider, ProviderConfig, StreamSettings
 from modelwire.tools import ToolCall
 from modelwire.types import Chunk, Completion, Embeddings, Request, Usage
 
 from .errors import map_exception
 from .transport import ATTEMPT_HEADER, Transports, send
+from .wire.answer import excerpt, warn_if_truncated
+from .wire.status import no_choices_error
 
-__all__ = ["LiteLLMProvider", "alitellm", "litellm", "warm_imports"]
+if TYPE_CHECKING:
+    from .direct import DirectRoute
+
+__all__ = ["DIRECT_OR_LITELLM", "LiteLLMProvider", "alitellm", "litellm", "warm_imports"]
 
 _NO_KEY = "sk-no-key-required"
+
+#: The ``transport`` values of the kinds that speak OpenAI's wire format (docs/configuration.md).
+DIRECT_OR_LITELLM = frozenset({"litellm", "direct"})
 
 
 _warm = threading.Event()
@@ -168,7 +171,7 @@ def _dry_call(module: Any) -> None:
     }
 
     async def call() -> None:
-        http = httpx.AsyncClient(transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=answer)))
+        http: Any = httpx.AsyncClient(transport=httpx.MockTransport(lambda _request: httpx.Response(200, json=answer)))
         sdk = openai.AsyncOpenAI(api_key="-", base_url="http://warmup.invalid/v1", http_client=http, max_retries=0)
         try:
             await module.acompletion(
@@ -195,7 +198,7 @@ def _build_sdk_models() -> None:
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     message = {"role": "assistant", "content": "-", "tool_calls": [
         {"id": "-", "type": "function", "function": {"name": "-", "arguments": "{}"}}]}
-    common = {"id": "-", "created": 0, "model": "-", "usage": usage}
+    common: dict[str, Any] = {"id": "-", "created": 0, "model": "-", "usage": usage}
     ChatCompletion.construct(
         **common, object="chat.completion", choices=[{"index": 0, "finish_reason": "stop", "message": message}]
     )
@@ -224,6 +227,12 @@ class LiteLLMProvider(Provider):
         super().__init__(name, config)
         self._transports = Transports()
         self._attempts: dict[int, str] = {}  # id(request) -> token of its current stream attempt
+        # transport = "direct": modelwire's own requests; litellm is then never imported for this provider
+        self._direct: DirectRoute | None = None
+        if config.transport == "direct":
+            from .direct import DirectRoute
+
+            self._direct = DirectRoute(self)
 
     @property
     def key_env(self) -> str | None:
@@ -289,17 +298,21 @@ class LiteLLMProvider(Provider):
 
     async def awarmup(self) -> None:
         """Import litellm and what a first call needs, in a worker thread (the loop keeps running)."""
-        await alitellm()
+        if self._direct is None:
+            await alitellm()
         self._transports.current()
 
     def warmup(self) -> None:
-        warm_imports()
+        if self._direct is None:
+            warm_imports()
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (other loops' close when their loop ends)."""
         await self._transports.aclose()
 
     async def acomplete(self, request: Request) -> Completion:
+        if self._direct is not None:
+            return await self._direct.acomplete(request)
         module = await alitellm()  # a cold import never runs on the event loop thread
         args = self.call_args(request)
         try:
@@ -314,19 +327,14 @@ class LiteLLMProvider(Provider):
     def _completion(self, response: Any, request: Request) -> Completion:
         choices = getattr(response, "choices", None)
         if not choices:
-            raise InvalidResponseError(
-                "the provider answered 200 without any choices",
-                provider=self.name,
-                model=request.model,
-                status=200,
-                body=_excerpt(response),
-                attempts=request.attempt,
-            )
+            error = no_choices_error(None, None, excerpt(response), provider=self.name, model=request.model)
+            error.attempts = request.attempt
+            raise error
         message = choices[0].message
         tool_calls = [ToolCall.from_dict(tc.model_dump()) for tc in (message.tool_calls or [])]
         usage = getattr(response, "usage", None)
         if usage is not None and usage.prompt_tokens:
-            _warn_if_truncated(self.name, request, int(usage.prompt_tokens))
+            warn_if_truncated(self.name, request, int(usage.prompt_tokens))
         return Completion(
             text=message.content or "",
             finish_reason=choices[0].finish_reason,
@@ -339,6 +347,8 @@ class LiteLLMProvider(Provider):
 
     async def aembed(self, request: Request) -> Embeddings:
         """Embed through ``litellm.aembedding`` (:mod:`modelwire.providers.litellm_embed`)."""
+        if self._direct is not None:
+            return await self._direct.aembed(request)
         from .litellm_embed import aembed
 
         return await aembed(self, request)
@@ -350,10 +360,13 @@ class LiteLLMProvider(Provider):
         connection with it: even a body that ended cleanly on the wire may sit on a socket the
         server is closing, and the next request must not be sent there.
         """
-        await alitellm()
-        from .litellm_stream import stream_chunks
+        if self._direct is not None:
+            upstream = self._direct.stream_chunks(request)
+        else:
+            await alitellm()
+            from .litellm_stream import stream_chunks
 
-        upstream = stream_chunks(self, request)
+            upstream = stream_chunks(self, request)
         ended = False
         try:
             async for chunk in upstream:
@@ -404,44 +417,6 @@ def _usage(usage: Any) -> Usage:
         int(cached) if cached is not None else None,
         int(reasoning) if reasoning is not None else None,
     )
-
-
-def _excerpt(response: Any) -> str:
-    dump = getattr(response, "model_dump_json", None)
-    try:
-        return str(dump() if dump is not None else response)[:300]
-    except Exception:  # an excerpt must never hide the real error
-        return type(response).__name__
-
-
-#: Below this many estimated prompt tokens the estimate is too rough to judge truncation.
-_TRUNCATION_MIN_ESTIMATE = 512
-
-
-def _warn_if_truncated(provider: str, request: Request, prompt_tokens: int) -> None:
-    """Warn when the provider counted far fewer prompt tokens than the prompt can hold.
-
-    Ollama's OpenAI endpoint silently cuts prompts longer than its context (2048/4096) and answers
-    200. Roughly 4 characters make a token in English; a count under a third of that estimate is
-    not tokenizer variance. Skipped for small prompts and for 0 (Ollama reports 0 when cached).
-    """
-    chars = 0
-    for message in request.messages:
-        content = message.get("content")
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-    estimate = chars // 4
-    if estimate >= _TRUNCATION_MIN_ESTIMATE and prompt_tokens * 3 < estimate:
-        logger.warning(
-            "llm.prompt_truncated_suspected",
-            provider=provider,
-            model=request.model,
-            prompt_tokens=prompt_tokens,
-            estimated_prompt_tokens=estimate,
-            hint="the server may have cut the prompt to its context size (Ollama does this with 200 OK)",
-        )
 
 
 def check_models(name: str, url: str, headers: dict[str, str], query: dict[str, str]) -> CheckResult:
