@@ -15,6 +15,7 @@ completion is replayed as a short stream.
 from __future__ import annotations
 
 import json
+import marshal
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from .backends import Stored
 __all__ = [
     "FORMAT",
     "CorruptEntry",
+    "Frozen",
     "assemble",
     "chunks_from_entry",
     "completion_from_entry",
@@ -152,10 +154,26 @@ def read_entry(data: bytes) -> dict[str, Any] | None:
     if entry is None:
         entry = decode(data)
         if entry is not None and isinstance(data, Stored):
+            # shared by every later hit: the raw body is kept frozen, thawed into a copy per hit
+            entry["raw"] = Frozen(entry.get("raw"))
             data.entry = entry  # two threads racing here store equal entries: harmless
         return entry
     exp = entry.get("exp")
     return None if exp is not None and exp <= time.time() else entry
+
+
+class Frozen:
+    """JSON data kept as ``marshal`` bytes: :meth:`thaw` makes an independent copy in C, about
+    twice as fast as :func:`json_copy` on a provider's raw body. Lives in this process only (the
+    backends hold JSON, never this), so marshal's version-specific format does not matter."""
+
+    __slots__ = ("_blob",)
+
+    def __init__(self, value: Any) -> None:
+        self._blob = marshal.dumps(value)
+
+    def thaw(self) -> Any:
+        return marshal.loads(self._blob)
 
 
 def json_copy(value: Any) -> Any:
@@ -170,8 +188,10 @@ def json_copy(value: Any) -> Any:
 
 
 def completion_from_entry(entry: dict[str, Any]) -> Completion:
-    """A fresh :class:`Completion` marked ``cached``, sharing nothing mutable with ``entry``."""
+    """A fresh :class:`Completion` marked ``cached``, sharing nothing mutable with ``entry``
+    (an entry straight from :func:`decode` is used once; a kept one holds its raw body frozen)."""
     calls = entry.get("tool_calls")
+    raw = entry.get("raw")
     return Completion(
         entry.get("text") or "",
         entry.get("finish_reason"),
@@ -180,7 +200,7 @@ def completion_from_entry(entry: dict[str, Any]) -> Completion:
         Usage.from_dict(entry.get("usage")),
         [ToolCall.from_dict(call) for call in calls] if calls else [],
         True,
-        json_copy(entry.get("raw")),
+        raw.thaw() if type(raw) is Frozen else raw,
         entry.get("cost"),  # what the answer cost when stored (the cost plugin reports it as saved)
     )
 
