@@ -122,28 +122,32 @@ class FastHook:
         plan = self._plan
         if plan is None:
             return self._hook(**kwargs)
-        if self._firstresult:
+        try:
+            if self._firstresult:
+                for function, argnames in plan:
+                    result = function(*[kwargs[name] for name in argnames])
+                    if result is not None:
+                        return result
+                return None
+            results = []
             for function, argnames in plan:
-                result = function(*_args(self.name, argnames, kwargs))
+                result = function(*[kwargs[name] for name in argnames])
                 if result is not None:
-                    return result
-            return None
-        results = []
-        for function, argnames in plan:
-            result = function(*_args(self.name, argnames, kwargs))
-            if result is not None:
-                results.append(result)
-        return results
+                    results.append(result)
+            return results
+        except KeyError as exc:
+            missing = _missing(plan, kwargs)
+            if missing is None:
+                raise  # raised by an implementation, not by the call
+            raise pluggy.HookCallError(f"hook call must provide argument {missing!r} ({self.name})") from exc
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._hook, name)
 
 
-def _args(hook: str, argnames: tuple[str, ...], kwargs: dict[str, Any]) -> list[Any]:
-    try:
-        return [kwargs[name] for name in argnames]
-    except KeyError as exc:
-        raise pluggy.HookCallError(f"hook call must provide argument {exc.args[0]!r} ({hook})") from exc
+def _missing(plan: tuple[tuple[Callable[..., Any], tuple[str, ...]], ...], kwargs: dict[str, Any]) -> str | None:
+    """The first argument an implementation takes that the call did not give, if any."""
+    return next((name for _, argnames in plan for name in argnames if name not in kwargs), None)
 
 
 class HookRelay:

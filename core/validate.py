@@ -159,7 +159,9 @@ def check_params(params: dict[str, Any]) -> None:
     ``logit_bias`` keys given as ints (as with the openai SDK) are turned into the strings the wire
     carries anyway (litellm fails on int keys); other keys must be token ids.
     """
-    for key, (types, low, high) in _PARAMS.items():
+    # only the well-known keys the request has (usually two of nine), in _PARAMS order as before
+    for key in [k for k in _PARAMS if k in params]:
+        types, low, high = _PARAMS[key]
         value = params.get(key)
         if value is None:
             continue
@@ -199,13 +201,17 @@ def _logit_bias(bias: Any) -> dict[str, Any]:
     return out
 
 
+#: Strict JSON, built once (json.dumps with options builds a new encoder per call).
+_STRICT = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def check_serializable(messages: list[dict[str, Any]], params: dict[str, Any]) -> int:
     """Check that the payload is strict JSON in valid UTF-8; return its size in bytes.
 
     NaN/Infinity, objects JSON cannot encode and lone surrogates are refused, naming the field.
     """
     try:
-        return len(json.dumps([messages, params], allow_nan=False, ensure_ascii=False).encode("utf-8"))
+        return len(_STRICT.encode([messages, params]).encode("utf-8"))
     except (TypeError, ValueError, UnicodeEncodeError):
         pass
     for label, value in [*((f"messages[{i}]", m) for i, m in enumerate(messages)), *params.items()]:

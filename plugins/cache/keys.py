@@ -65,7 +65,7 @@ def canonical(value: Any) -> str:
     '{"a":"é","b":1,"c":{"2":0.5,"x":1}}'
     """
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+        text = _CANONICAL.encode(value)
     except TypeError:  # keys that cannot be sorted together: _normal writes them as JSON text
         pass
     else:
@@ -74,10 +74,11 @@ def canonical(value: Any) -> str:
         # copies the whole request in Python. A match inside a string only costs the slow path.
         if _INTEGRAL_FLOAT.search(text) is None:
             return text
-    return json.dumps(_normal(value, ""), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=repr)
+    return _CANONICAL.encode(_normal(value, ""))
 
 
+#: One encoder for every key (json.dumps with options builds a new one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
 _INTEGRAL_FLOAT = re.compile(r"\.0(?=[,\]}]|$)")
 
 
