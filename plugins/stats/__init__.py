@@ -64,9 +64,9 @@ class Recorder:
     def __init__(self, config: StatsConfig) -> None:
         self.config = config
         self.store: Store | None = make_store(config)
-        self._values: dict[str, float] = {}
+        self._values: dict[tuple[str, str | None, str], float] = {}
         self._flushed: dict[str, float] = {}
-        self._names: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._names: dict[tuple[str, str | None, str], tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,37 +77,48 @@ class Recorder:
 
     # -- counting --------------------------------------------------------------------------------
 
-    def _keys(self, provider: str, model: str, name: str) -> tuple[str, str, str]:
-        """The flat keys of counter ``name`` in the total, the provider and the model, memoised:
-        every response adds to several counters, and building the keys was most of the work."""
+    def _keys(self, provider: str, model: str | None, name: str) -> tuple[str, ...]:
+        """The flat keys counter ``name`` adds to: the total, the provider and (unless ``model``
+        is None) the model; memoised, several counters are expanded per snapshot or flush."""
         found = self._names.get((provider, model, name))
         if found is None:
-            found = (f"total|{name}", f"provider:{provider}|{name}", f"model:{provider}/{model}|{name}")
+            found = (f"total|{name}", f"provider:{provider}|{name}")
+            if model is not None:
+                found += (f"model:{provider}/{model}|{name}",)
             if len(self._names) < 65536:  # a bound even if callers invent model names
                 self._names[(provider, model, name)] = found
         return found
 
-    def add(self, provider: str, model: str, amounts: dict[str, float]) -> None:
-        """Add ``amounts`` (``{"name": n}``) to the total, the provider and the model."""
-        keyed = [(self._keys(provider, model, name), amount) for name, amount in amounts.items()]
-        values = self._values
-        with self._lock:
-            for keys, amount in keyed:
-                for key in keys:
-                    values[key] = values.get(key, 0) + amount
+    # Counters are kept per (provider, model, name) and expanded into the total, provider and
+    # model groups only when read (snapshot, flush): a response updates a third as many.
 
-    def add_one(self, provider: str, model: str, name: str) -> None:
-        """Add 1 to counter ``name`` (the common case, without building a dict)."""
-        keys = self._keys(provider, model, name)
+    def add(self, provider: str, model: str | None, amounts: dict[str, float]) -> None:
+        """Add ``amounts`` (``{"name": n}``) to the total, the provider and the model."""
         values = self._values
         with self._lock:
-            for key in keys:
-                values[key] = values.get(key, 0) + 1
+            for name, amount in amounts.items():
+                key = (provider, model, name)
+                values[key] = values.get(key, 0) + amount
+
+    def add_one(self, provider: str, model: str | None, name: str) -> None:
+        """Add 1 to counter ``name`` (the common case, without building a dict)."""
+        key = (provider, model, name)
+        values = self._values
+        with self._lock:
+            values[key] = values.get(key, 0) + 1
+
+    def flat(self) -> dict[str, float]:
+        """Every counter as ``group|name`` (``total``, ``provider:<p>``, ``model:<p>/<m>``)."""
+        with self._lock:
+            items = list(self._values.items())
+        out: dict[str, float] = {}
+        for (provider, model, name), value in items:
+            for key in self._keys(provider, model, name):
+                out[key] = out.get(key, 0) + value
+        return out
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            flat = dict(self._values)
-        return render(flat)
+        return render(self.flat())
 
     # -- hooks -----------------------------------------------------------------------------------
 
@@ -153,9 +164,7 @@ class Recorder:
 
     @hookimpl
     def modelwire_circuit_opened(self, provider: str) -> None:
-        with self._lock:
-            for key in ("total|circuit_opens", f"provider:{provider}|circuit_opens"):
-                self._values[key] = self._values.get(key, 0) + 1
+        self.add_one(provider, None, "circuit_opens")  # a provider's, no model's
 
     @hookimpl
     def modelwire_limit_delayed(self, request: Request, delay: float) -> None:
@@ -184,8 +193,7 @@ class Recorder:
         if self.store is None:
             return True
         with self._flush_lock:
-            with self._lock:
-                current = dict(self._values)
+            current = self.flat()
             flushed = self._flushed
             deltas = {k: v - flushed.get(k, 0) for k, v in current.items() if v != flushed.get(k, 0)}
             if not deltas:
