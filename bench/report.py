@@ -103,7 +103,7 @@ def table(rows: list[Row]) -> str:
         ref = f"{fmt(row.reference, row.unit)} {row.reference_label}".strip() if row.reference is not None else (
             row.reference_label or "-")
         what = f"{row.what} ({row.note})" if row.note else row.what
-        ratio = "-" if row.ratio is None else f"{row.ratio:.3g}"
+        ratio = "-" if row.ratio is None else f"{row.ratio:.3f}" if 0.01 <= row.ratio < 100 else f"{row.ratio:.3g}"
         lines.append([row.id, what, fmt(row.modelwire, row.unit), ref, ratio, str(row.budget or "-"), row.status])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
