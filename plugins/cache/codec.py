@@ -154,8 +154,10 @@ def read_entry(data: bytes) -> dict[str, Any] | None:
     if entry is None:
         entry = decode(data)
         if entry is not None and isinstance(data, Stored):
-            # shared by every later hit: the raw body is kept frozen, thawed into a copy per hit
+            # shared by every later hit: the raw body is kept frozen, thawed into a copy per hit,
+            # the usage parsed once and copied per hit (_usage_of)
             entry["raw"] = Frozen(entry.get("raw"))
+            entry["usage"] = _usage_of(entry.get("usage"))
             data.entry = entry  # two threads racing here store equal entries: harmless
         return entry
     exp = entry.get("exp")
@@ -174,6 +176,14 @@ class Frozen:
 
     def thaw(self) -> Any:
         return marshal.loads(self._blob)
+
+
+def _usage_of(value: Any) -> Usage | None:
+    """A fresh Usage from a stored usage dict, or a copy of a kept entry's parsed one."""
+    if type(value) is Usage:
+        return Usage(value.prompt_tokens, value.completion_tokens, value.total_tokens,
+                     value.cached_prompt_tokens, value.reasoning_tokens)
+    return Usage.from_dict(value)
 
 
 def json_copy(value: Any) -> Any:
@@ -197,7 +207,7 @@ def completion_from_entry(entry: dict[str, Any]) -> Completion:
         entry.get("finish_reason"),
         entry.get("model") or "",
         entry.get("provider") or "",
-        Usage.from_dict(entry.get("usage")),
+        _usage_of(entry.get("usage")),
         [ToolCall.from_dict(call) for call in calls] if calls else [],
         True,
         raw.thaw() if type(raw) is Frozen else raw,
@@ -218,7 +228,7 @@ def chunks_from_entry(entry: dict[str, Any]) -> list[Chunk]:
             deltas.append(ToolCallDelta(i, call.get("id"), function.get("name"), function.get("arguments") or ""))
         stored_chunks = [Chunk(text=entry.get("text") or "", tool_calls=deltas, cached=True)]
         stored_chunks.append(
-            Chunk(finish_reason=entry.get("finish_reason"), usage=Usage.from_dict(entry.get("usage")), cached=True)
+            Chunk(finish_reason=entry.get("finish_reason"), usage=_usage_of(entry.get("usage")), cached=True)
         )
         for chunk in stored_chunks:
             chunk.metadata["cache_hit"] = True
