@@ -67,9 +67,12 @@ def leaks(exc: BaseException) -> list[str]:
     return [t for t in texts if SENTINEL_KEY in t]
 
 
-async def test_b10_sentinel_key_never_leaks(make_client: Any, server: FakeServer,
-                                            capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("transport", ["litellm", "direct"])
+async def test_b10_sentinel_key_never_leaks(make_client: Any, server: FakeServer, modelwire_config: dict[str, Any],
+                                            capfd: pytest.CaptureFixture[str], transport: str) -> None:
+    providers = {name: {**section, "transport": transport} for name, section in modelwire_config["providers"].items()}
     client = make_client(
+        providers=providers,
         middleware=["fallback", "retry", "circuit"],
         retry={"max_attempts": 2, "base_delay": 0.01, "attempt_timeout": 0.3},
         circuit={"failure_threshold": 1000},
@@ -101,7 +104,7 @@ async def test_b10_sentinel_key_never_leaks(make_client: Any, server: FakeServer
         port = sock.getsockname()[1]
         sock.close()
         dead = make_client(middleware=["retry"], retry={"max_attempts": 2, "base_delay": 0.01},
-                           providers={"openai": {"api_base": f"http://127.0.0.1:{port}/v1"}})
+                           providers={"openai": {"api_base": f"http://127.0.0.1:{port}/v1", "transport": transport}})
         with pytest.raises(modelwire.ProviderConnectionError) as info:
             await dead.acomplete("hi", model="openai/gpt-4o")
         found += leaks(info.value)
