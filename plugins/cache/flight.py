@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from modelwire.types import Chunk, Completion
 
-from .codec import raw_json
+from .codec import Frozen, raw_json
 
 __all__ = ["Cursor", "Flight", "FlightTable", "clone_chunk", "follower_copy", "fresh_error", "iterate", "wait_result"]
 
@@ -48,11 +48,16 @@ def clone_chunk(chunk: Chunk, shared: bool) -> Chunk:
     return out
 
 
-def follower_copy(result: Completion) -> Completion:
+def follower_copy(flight: Flight) -> Completion:
     """The leader's completion for one follower: objects of its own, marked cached (it cost no
-    upstream call), ``raw`` in its JSON form as on any cache hit."""
+    upstream call), ``raw`` in its JSON form as on any cache hit. The JSON form is made once per
+    flight and thawed per follower (1,000 followers each dumped the pydantic raw body before)."""
+    result = flight.result
+    assert result is not None
+    if flight.frozen_raw is None:
+        flight.frozen_raw = Frozen(raw_json(result.raw))
     return Completion(result.text, result.finish_reason, result.model, result.provider, copy.copy(result.usage),
-                      copy.deepcopy(result.tool_calls), True, raw_json(result.raw))
+                      copy.deepcopy(result.tool_calls), True, flight.frozen_raw.thaw())
 
 
 def fresh_error(error: BaseException) -> BaseException:
@@ -101,6 +106,8 @@ class Flight:
         self.dropped: str | None = None
         self.buffered_bytes = 0
         self.result: Completion | None = None
+        #: ``result.raw`` as JSON data, made for the first follower (see :func:`follower_copy`)
+        self.frozen_raw: Frozen | None = None
         #: The encoded entry (JSON bytes) the leader stores; never read back by subscribers.
         self.payload: bytes | None = None
         self.error: BaseException | None = None

@@ -357,7 +357,7 @@ class CacheMiddleware(CacheAdmin, Middleware):
             raise fresh_error(flight.error) if shared else flight.error
         assert flight.result is not None  # a whole flight ends with a result or an error
         if shared:
-            return follower_copy(flight.result)
+            return follower_copy(flight)
         await flight.settled()  # read-your-writes: when the first caller returns, its answer is stored
         return flight.result
 

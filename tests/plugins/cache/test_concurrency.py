@@ -27,6 +27,10 @@ async def test_x01_hundred_identical_requests_one_upstream_call(make_client: Mak
     assert server.calls() == 1
     assert {r.text for r in results} == {"the one answer"} and len(results) == 100
     assert len({id(r) for r in results}) == 100  # each caller its own object
+    followers = [r for r in results if r.cached]
+    assert len(followers) == 99 and all(isinstance(r.raw, dict) for r in followers)
+    followers[0].raw["choices"][0]["message"]["content"] = "changed by one caller"
+    assert {r.raw["choices"][0]["message"]["content"] for r in followers[1:]} == {"the one answer"}
     metrics = cache_of(client).metrics
     assert metrics.stores == 1 and metrics.misses == 1 and metrics.coalesced == 99
     assert (await client.acomplete("same", model=MODEL)).cached and server.calls() == 1
