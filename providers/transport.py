@@ -105,7 +105,7 @@ def _settle(task: asyncio.Future[Any]) -> None:
 
 class _Held(httpx.AsyncByteStream):
     """A stream attempt's body whose release to the pool waits for :meth:`_GuardedTransport.forget`
-    or :meth:`_GuardedTransport.discard`: closing it (httpx does when the body ends) only marks it."""
+    or :meth:`_GuardedTransport.discard`: closing it (httpx does when the body ends) does nothing."""
 
     def __init__(self, inner: httpx.AsyncByteStream) -> None:
         self.inner = inner
