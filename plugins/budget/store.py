@@ -21,6 +21,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelwire.plugins.sqlite import connect_shared
+
 __all__ = ["Charge", "MemoryStore", "Record", "RedisStore", "SQLiteStore", "Store", "make_store"]
 
 #: Records are kept this long after their period ended (``modelwire budget`` shows the last one).
@@ -145,8 +147,7 @@ class SQLiteStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # a connection must not cross a fork
-            conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = connect_shared(self.path, self.timeout, isolation_level=None)
             # WAL + NORMAL: a commit survives the process crashing (not a power cut) without an
             # fsync per reservation, which cost ~20 ms per request with the default FULL.
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -16,6 +16,8 @@ from typing import Any
 
 from pyrate_limiter import AbstractBucket, Rate
 
+from modelwire.plugins.sqlite import connect_shared
+
 from .backends import SEP, Backend, MemoryBackend, ThreadBucket, ThreadedBackend
 
 __all__ = ["RedisBackend", "SQLiteBackend", "make_backend"]
@@ -58,10 +60,7 @@ class SQLiteBackend(ThreadedBackend):
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             with self.lock:
-                conn = sqlite3.connect(
-                    self.path, isolation_level="DEFERRED", check_same_thread=False, timeout=self.timeout
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
+                conn = connect_shared(self.path, self.timeout, isolation_level="DEFERRED")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS mw_cooldown (key TEXT PRIMARY KEY, until_ms INTEGER)")
                 conn.execute("CREATE TABLE IF NOT EXISTS mw_buckets (bucket TEXT PRIMARY KEY, tbl TEXT, rates TEXT)")

@@ -11,6 +11,8 @@ import os
 import sqlite3
 from typing import Any, Protocol
 
+from modelwire.plugins.sqlite import connect_shared
+
 __all__ = ["RedisStore", "SQLiteStore", "Store", "make_store"]
 
 
@@ -42,8 +44,7 @@ class SQLiteStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():  # a connection must not cross a fork
-            conn = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = connect_shared(self.path, self.timeout)
             conn.execute("CREATE TABLE IF NOT EXISTS mw_stats (key TEXT PRIMARY KEY, value REAL NOT NULL)")
             conn.commit()
             self._conn, self._pid = conn, os.getpid()
