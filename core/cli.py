@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import ModelwireError
-    from .registry import build_registry
+    from .registry import COMMAND_PLUGINS, build_registry
 
     parser = argparse.ArgumentParser(
         prog="modelwire", description="One call to OpenAI, Azure OpenAI and local LLM servers."
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("config", help="the effective configuration, secrets masked").set_defaults(run=_config)
     sub.add_parser("demo", help="a tour against the bundled loopback server (no key needed)").set_defaults(run=_demo)
 
-    commands = build_registry().commands
+    commands = build_registry(builtins=COMMAND_PLUGINS).commands  # the Client builds the whole registry
     for name, (help_text, setup, run) in commands.items():
         p = sub.add_parser(name, help=help_text)
         setup(p)

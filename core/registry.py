@@ -29,7 +29,8 @@ from .errors import ConfigurationError, PluginError
 from .log import logger
 
 __all__ = [
-    "DEFAULT_PLUGINS", "ENTRYPOINT_GROUP", "FastHook", "HookRelay", "PluginManager", "Registry", "build_registry",
+    "COMMAND_PLUGINS", "DEFAULT_PLUGINS", "ENTRYPOINT_GROUP", "FastHook", "HookRelay", "PluginManager", "Registry",
+    "build_registry",
 ]
 
 ENTRYPOINT_GROUP = "modelwire"
@@ -50,6 +51,16 @@ DEFAULT_PLUGINS: list[str] = [
     "modelwire.plugins.budget",
     "modelwire.plugins.otel",
     "modelwire.plugins.prometheus",
+]
+
+#: The built-ins that add ``modelwire`` subcommands: the CLI builds its parser from these and the
+#: entry-point plugins only, so ``modelwire --help`` does not import the providers (httpx,
+#: pydantic models: most of its time). A test keeps this list equal to what the built-ins register.
+COMMAND_PLUGINS: list[str] = [
+    "modelwire.plugins.stats",
+    "modelwire.plugins.ratelimit",
+    "modelwire.plugins.cache",
+    "modelwire.plugins.budget",
 ]
 
 
@@ -207,11 +218,14 @@ def _entry_points() -> tuple[EntryPoint, ...]:
     return tuple(entry_points(group=ENTRYPOINT_GROUP))
 
 
-def build_registry(extra: Iterable[object] = (), disable: Iterable[str] = ()) -> Registry:
-    """Register the default plugins, entry-point plugins and ``extra`` plugin objects.
+def build_registry(
+    extra: Iterable[object] = (), disable: Iterable[str] = (), builtins: Iterable[str] = DEFAULT_PLUGINS
+) -> Registry:
+    """Register the built-in plugins, entry-point plugins and ``extra`` plugin objects.
 
     :param extra: plugin objects or module names registered after the others.
     :param disable: plugin names (module name or entry-point name) not to register.
+    :param builtins: the built-in plugin modules to load (all of them but for the CLI's parser).
     """
     pm = PluginManager("modelwire")
     pm.add_hookspecs(hookspecs)
@@ -219,7 +233,7 @@ def build_registry(extra: Iterable[object] = (), disable: Iterable[str] = ()) ->
     blocked = set(disable)
     for name in blocked:
         pm.set_blocked(name)
-    for module in DEFAULT_PLUGINS:
+    for module in builtins:
         if module not in blocked:
             _register(reg, module, functools.partial(importlib.import_module, module))
     if os.environ.get("MODELWIRE_DISABLE_ENTRYPOINTS", "") in ("", "0"):

@@ -96,3 +96,49 @@ def test_demo_runs_without_key_or_server() -> None:
     assert "1. A completion from each provider kind" in env_free.stdout
     assert "echo: Hello from azure" in env_free.stdout
     assert "api-version=2024-10-21" in env_free.stdout
+
+
+_BUILTIN_COMMANDS = ["complete", "check", "plugins", "config", "demo", "cache", "limits", "budget", "stats"]
+
+
+def test_command_plugins_are_the_builtins_that_add_commands() -> None:
+    """The CLI's parser loads only ``COMMAND_PLUGINS`` of the built-ins: the list must name every
+    built-in that adds a subcommand, or its command would vanish from the CLI."""
+    from modelwire.registry import COMMAND_PLUGINS, DEFAULT_PLUGINS, build_registry
+
+    impls = build_registry().pm.hook.modelwire_register_commands.get_hookimpls()
+    assert sorted(i.plugin_name for i in impls if i.plugin_name in DEFAULT_PLUGINS) == sorted(COMMAND_PLUGINS)
+
+
+def test_help_lists_every_command_without_loading_the_providers() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "modelwire.cli", "--help"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert all(name in proc.stdout for name in _BUILTIN_COMMANDS), proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "modelwire.providers.litellm_base" not in imported and "httpx" not in imported
+
+
+def test_a_third_party_command_from_an_entry_point(tmp_path: Path, config: Path) -> None:
+    """A plugin package adding ``modelwire hello``: listed by ``--help``, run with the configured client."""
+    (tmp_path / "mw_hello.py").write_text(
+        "from modelwire import hookimpl\n"
+        "def setup(parser):\n    parser.add_argument('--name', default='world')\n"
+        "def run(client, args):\n    print(f'hello {args.name}, default model {client.config.default_model}')\n"
+        "    return 0\n"
+        "@hookimpl\ndef modelwire_register_commands(register):\n"
+        "    register('hello', 'say hello from a plugin', setup, run)\n"
+    )
+    info = tmp_path / "mw_hello-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mw-hello\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[modelwire]\nhello = mw_hello\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MODELWIRE_CONFIG": str(config), "OPENAI_API_KEY": SENTINEL_KEY}
+    helped = subprocess.run([sys.executable, "-m", "modelwire.cli", "--help"], capture_output=True, text=True, env=env)
+    assert helped.returncode == 0 and "say hello from a plugin" in helped.stdout, helped.stderr
+    ran = subprocess.run(
+        [sys.executable, "-m", "modelwire.cli", "hello", "--name", "mw"], capture_output=True, text=True, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "hello mw, default model local/llama3\n"
