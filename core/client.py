@@ -40,7 +40,7 @@ from .provider import CheckResult, Provider
 from .registry import Registry, build_registry
 from .stream import AsyncStream, SyncStream
 from .types import Chunk, Completion, Embeddings, Request
-from .validate import check_params, check_serializable, normalize_messages
+from .validate import check_params, encode_request, normalize_messages
 
 __all__ = ["Client"]
 
@@ -170,7 +170,7 @@ class Client:
         messages, structure = structured.prepare(
             messages, params, getattr(provider.config, "structured_output", "json_schema")
         )
-        size = check_serializable(messages, params)
+        size, encoded = encode_request(messages, params)
         check_params(params)
         if size > self.config.max_request_bytes:
             raise PayloadTooLargeError(
@@ -179,6 +179,7 @@ class Client:
                 model=model_name,
             )
         request = Request(name, model_name, messages, params, stream, options or {})
+        request.encoded = encoded
         if structure is not None:
             request.state[structured.STATE_KEY] = structure
         prepare = getattr(provider, "prepare", None)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .tools import ToolCall
+
+if TYPE_CHECKING:
+    from .validate import Encoded
 
 __all__ = [
     "Chunk", "Completion", "Embeddings", "LimitSpec", "Operation", "Request", "ToolCall", "ToolCallDelta", "Usage",
@@ -99,6 +102,9 @@ class Request:
     attempt: int = 1
     state: dict[str, Any] = field(default_factory=dict)
     operation: Operation = "chat"
+    #: The JSON the client checked the request with, reused by the cache key while the messages
+    #: are unchanged (internal; a request from :meth:`replace` starts without it).
+    encoded: Encoded | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def target(self) -> str:
@@ -126,7 +132,7 @@ class Request:
 
         :raises TypeError: for a name that is not a field of Request.
         """
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self) if f.init}
         if unknown:
             raise TypeError(f"Request has no field(s) {', '.join(sorted(unknown))}")
         changes.setdefault("messages", list(self.messages))

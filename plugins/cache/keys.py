@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from json.encoder import encode_basestring
 from typing import Any
 
 from modelwire.errors import RequestValidationError
@@ -53,7 +54,7 @@ NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,80}$")
 _fingerprints: dict[str, str] = {}
 
 
-def canonical(value: Any) -> str:
+def canonical(value: Any, path: str = "") -> str:
     """Canonical JSON: sorted keys, no spaces, UTF-8 kept, integral floats written as integers
     (``temperature=1`` and ``1.0`` are one request), so equal requests give equal text.
 
@@ -63,6 +64,8 @@ def canonical(value: Any) -> str:
 
     >>> canonical({"b": 1.0, "a": "é", "c": {2: 0.5, "x": 1}})
     '{"a":"é","b":1,"c":{"2":0.5,"x":1}}'
+
+    :param path: where ``value`` sits in a larger document, for the error naming an ambiguous key.
     """
     try:
         text = _CANONICAL.encode(value)
@@ -74,7 +77,7 @@ def canonical(value: Any) -> str:
         # copies the whole request in Python. A match inside a string only costs the slow path.
         if _INTEGRAL_FLOAT.search(text) is None:
             return text
-    return _CANONICAL.encode(_normal(value, ""))
+    return _CANONICAL.encode(_normal(value, path))
 
 
 #: One encoder for every key (json.dumps with options builds a new one per call).
@@ -153,6 +156,15 @@ def provider_namespace(provider: Any) -> str:
     return f"{provider.name}-{key_fingerprint(key)}"
 
 
+def _value(value: Any, path: str) -> str:
+    """``canonical(value)`` of one member of the key's document, without an encoder for a string."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return encode_basestring(value)  # what the encoder itself writes for it (UTF-8 kept)
+    return canonical(value, path)
+
+
 def default_key(request: Request, provider: Any | None, namespace: str) -> str:
     """The built-in key of ``request``: ``v1:<sha256>`` over the canonical JSON of the request.
 
@@ -166,16 +178,27 @@ def default_key(request: Request, provider: Any | None, namespace: str) -> str:
     params.update(request.params)
     for name in IGNORED_PARAMS.intersection(params):
         del params[name]
-    payload = {
-        "v": KEY_VERSION,
-        "ns": namespace,
-        "provider": request.provider,
-        "kind": getattr(config, "kind", None),
-        "api_base": getattr(config, "api_base", None),
-        "api_version": getattr(config, "api_version", None),
-        "model": request.model,
-        "messages": request.messages,
-        "params": params,
-    }
-    digest = hashlib.sha256(canonical(payload).encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{KEY_VERSION}:{digest}"
+    # The document hashed is canonical({"v", "ns", "provider", "kind", "api_base", "api_version",
+    # "model", "messages", "params"}), written member by member in its sorted order (each member's
+    # canonical text is its share of the whole's: test_hit_path pins it), so that the messages'
+    # text can come from the encoding Client.request already made (a 1 MB prompt is encoded once).
+    params_json = canonical(params, "params").encode("utf-8", "surrogatepass")
+    encoded = request.encoded
+    messages: bytes | memoryview | None = None
+    if encoded is not None:
+        messages = encoded.messages_json(request.messages, params_json)
+    if messages is None:
+        messages = canonical(request.messages, "messages").encode("utf-8", "surrogatepass")
+    head = (
+        f'{{"api_base":{_value(getattr(config, "api_base", None), "api_base")},'
+        f'"api_version":{_value(getattr(config, "api_version", None), "api_version")},'
+        f'"kind":{_value(getattr(config, "kind", None), "kind")},"messages":'
+    )
+    middle = f',"model":{_value(request.model, "model")},"ns":{_value(namespace, "ns")},"params":'
+    tail = f',"provider":{_value(request.provider, "provider")},"v":{_value(KEY_VERSION, "v")}}}'
+    digest = hashlib.sha256(head.encode("utf-8", "surrogatepass"))
+    digest.update(messages)
+    digest.update(middle.encode("utf-8", "surrogatepass"))
+    digest.update(params_json)
+    digest.update(tail.encode("utf-8", "surrogatepass"))
+    return f"{KEY_VERSION}:{digest.hexdigest()}"

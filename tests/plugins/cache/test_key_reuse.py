@@ -1,0 +1,167 @@
+"""The request is JSON-encoded once (issue 14): Client.request checks it in the cache key's own form
+and the key reuses the messages' text, while the key stays what it always was and follows any
+change a hook or middleware makes to the request after the check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import modelwire
+from modelwire.plugins.cache import cache_of
+from modelwire.plugins.cache.keys import IGNORED_PARAMS, KEY_VERSION, _normal
+from modelwire.types import Request
+
+MakeClient = Callable[..., modelwire.Client]
+
+
+def reference_key(client: modelwire.Client, request: Request) -> str:
+    """The key as modelwire computed it before the rework: one canonical JSON of the whole
+    document, through the full _normal walk, built from what the request holds now."""
+    cache = cache_of(client)
+    provider = client.providers.get(request.provider)
+    config = getattr(provider, "config", None)
+    params = {**(getattr(config, "params", None) or {}), **request.params}
+    for name in IGNORED_PARAMS.intersection(params):
+        del params[name]
+    payload = {
+        "v": KEY_VERSION, "ns": cache.namespace_for(request), "provider": request.provider,
+        "kind": getattr(config, "kind", None), "api_base": getattr(config, "api_base", None),
+        "api_version": getattr(config, "api_version", None), "model": request.model,
+        "messages": request.messages, "params": params,
+    }
+    text = json.dumps(_normal(payload, ""), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{cache.namespace_for(request)}:{KEY_VERSION}:{digest}"
+
+
+def _reused(request: Request) -> bool:
+    """Whether the key can take the messages' text from the client's check (params as the key writes
+    them: no configured defaults, nothing ignored, no integral float)."""
+    from modelwire.plugins.cache.keys import canonical
+
+    params_json = canonical(request.params).encode()
+    return request.encoded is not None and request.encoded.messages_json(request.messages, params_json) is not None
+
+
+_TEXTS = ["hi", "é ✓ 漢字", 'quote " and \\ backslash', "tab\tnew\nline\x01\x1f", "del \x7f", "v1.0,", "1.0]", "",
+          "emoji 🎉", "\u2028 sep"]
+
+
+def _random_request(rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": rng.choice(_TEXTS) + "be brief"}]
+    for _ in range(rng.randint(1, 3)):
+        message: dict[str, Any] = {"role": "user", "content": rng.choice(_TEXTS) + "x"}
+        if rng.random() < 0.3:
+            message["name"] = rng.choice(["bob", "é"])
+        if rng.random() < 0.2:
+            message["content"] = [{"type": "text", "text": rng.choice(_TEXTS) + "y"}]
+        messages.append(message)
+    params: dict[str, Any] = {}
+    for key, values in {
+        "temperature": [0, 0.5, 1.0, 2], "max_tokens": [16, 1000], "seed": [7], "stop": ["\n", ["é", "x"]],
+        "top_p": [0.25, 1.0], "logit_bias": [{50256: -100}, {"1": 2.0}], "timeout": [30],
+        "extra_body": [{"num_ctx": 2048, "mirostat": 2.0}], "user": ["u-é"],
+    }.items():
+        if rng.random() < 0.35:
+            params[key] = rng.choice(values)
+    return messages, params
+
+
+def test_key_from_the_checked_encoding_is_the_reference_key(make_client: MakeClient) -> None:
+    client = make_client(middleware=["cache"])
+    rng = random.Random(1414)
+    reused = 0
+    for i in range(400):
+        messages, params = _random_request(rng)
+        model = rng.choice(["openai/gpt-4o", "local/llama3", "azure/dep"])
+        request = client.request(messages, model=model, stream=i % 2 == 0, **params)
+        reused += _reused(request)
+        assert cache_of(client).key_for(request) == reference_key(client, request), (messages, params)
+    assert reused > 100  # the reuse is exercised, not only the fallback
+
+
+class Rewriter:
+    """A third-party plugin that changes the request after the client checked it."""
+
+    def __init__(self, change: Callable[[Request], None]) -> None:
+        self.change = change
+
+    @modelwire.hookimpl
+    def modelwire_request_prepare(self, request: Request) -> None:
+        self.change(request)
+
+
+def _set_content(request: Request) -> None:
+    request.messages[-1]["content"] = "rewritten by a hook"
+
+
+def _append(request: Request) -> None:
+    request.messages.append({"role": "user", "content": "appended by a hook"})
+
+
+def _replace_list(request: Request) -> None:
+    request.messages = [*request.messages[:-1], {"role": "user", "content": "a new list"}]
+
+
+def _one_to_true(request: Request) -> None:
+    request.messages[-1]["n"] = True  # equal to 1, written differently
+
+
+def _set_temperature(request: Request) -> None:
+    request.params["temperature"] = 0.75
+
+
+def _add_param(request: Request) -> None:
+    request.params["seed"] = 11
+
+
+def _pop_key(request: Request) -> None:
+    del request.messages[0]["name"]
+
+
+CHANGES = [_set_content, _append, _replace_list, _one_to_true, _set_temperature, _add_param, _pop_key]
+
+
+@pytest.fixture
+def prompt() -> Iterator[list[dict[str, Any]]]:
+    yield [{"role": "system", "content": "be brief", "name": "sys"}, {"role": "user", "content": "hi", "n": 1}]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=[c.__name__.strip("_") for c in CHANGES])
+def test_key_follows_a_change_made_after_the_check(make_client: MakeClient, change: Callable[[Request], None],
+                                                   prompt: list[dict[str, Any]]) -> None:
+    plain = make_client(middleware=["cache"])
+    before = plain.request([dict(m) for m in prompt], model="local/llama3", temperature=0)
+    assert _reused(before)  # the unchanged request takes the reuse path
+    client = make_client(middleware=["cache"], plugins=[Rewriter(change)])
+    request = client.request(prompt, model="local/llama3", temperature=0)
+    key = cache_of(client).key_for(request)
+    assert key == reference_key(client, request)
+    assert key != cache_of(plain).key_for(before)
+
+
+async def test_a_hit_on_a_large_prompt_encodes_it_once(make_client: MakeClient, server: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client(middleware=["cache"])
+    big = "The quick brown fox. " * 50_000  # ~1 MB
+    messages = [{"role": "system", "content": big}, {"role": "user", "content": "Say hi."}]
+    first = await client.acomplete(messages, model="local/llama3", temperature=0)
+    encoded: list[int] = []
+    original = json.JSONEncoder.encode
+
+    def counting(self: json.JSONEncoder, o: Any) -> str:
+        text = original(self, o)
+        if len(text) > len(big):
+            encoded.append(len(text))
+        return text
+
+    monkeypatch.setattr(json.JSONEncoder, "encode", counting)
+    hit = await client.acomplete(messages, model="local/llama3", temperature=0)
+    assert not first.cached and hit.cached and hit.text == first.text and server.calls() == 1
+    assert len(encoded) == 1
