@@ -34,25 +34,26 @@ async def test_r09_every_attempt_takes_a_limiter_permit(make_client: Any, server
 
 
 async def test_attempt_timeout_does_not_count_time_queued_in_the_limiter(make_client: Any, server: FakeServer) -> None:
-    """Five callers behind a concurrency of 1, each answer 0.5 s: the last ones queue about 2 s,
-    longer than attempt_timeout; they must still be sent (once each) and succeed."""
+    """Eight callers behind a concurrency of 1, each answer 0.6 s: the last ones queue over 4 s,
+    longer than attempt_timeout (2.5 s, which leaves a loaded machine time for each round trip);
+    they must still be sent (once each) and succeed."""
     import asyncio
 
     import modelwire
 
     client = make_client(
         middleware=["retry", "ratelimit"],
-        retry={"max_attempts": 1, "attempt_timeout": 1.5},
+        retry={"max_attempts": 1, "attempt_timeout": 2.5},
         ratelimit={"limits": [{"match": "openai/*", "concurrency": 1}]},
     )
     await make_client().acomplete("warm-up", model="local/warm")  # imports litellm before the clock runs
     server.reset()
-    server.script(*[Reply(body=Reply.completion("slow").body, delay=0.5) for _ in range(5)])
-    results = await asyncio.gather(*[client.acomplete(f"c{i}", model="openai/gpt-4o") for i in range(5)],
+    server.script(*[Reply(body=Reply.completion("slow").body, delay=0.6) for _ in range(8)])
+    results = await asyncio.gather(*[client.acomplete(f"c{i}", model="openai/gpt-4o") for i in range(8)],
                                    return_exceptions=True)
     assert all(isinstance(r, modelwire.Completion) for r in results), results
     prompts = sorted(r.json["messages"][-1]["content"] for r in server.requests if r.route == "chat")
-    assert prompts == [f"c{i}" for i in range(5)]  # each sent exactly once
+    assert prompts == [f"c{i}" for i in range(8)]  # each sent exactly once
     assert client.middleware[1].describe()["waits"] >= 3  # the later callers did queue
 
 
@@ -63,12 +64,12 @@ async def test_attempt_timeout_still_bounds_the_provider_after_admission(make_cl
 
     client = make_client(
         middleware=["retry", "ratelimit"],
-        retry={"max_attempts": 1, "attempt_timeout": 0.6},
+        retry={"max_attempts": 1, "attempt_timeout": 2.0},  # 2 s: room for the second's round trip
         ratelimit={"limits": [{"match": "openai/*", "concurrency": 1}]},
     )
     await make_client().acomplete("warm-up", model="local/warm")
     server.reset()
-    server.script(Reply(body=Reply.completion("late").body, delay=3.0))
+    server.script(Reply(body=Reply.completion("late").body, delay=10.0))
     first = asyncio.ensure_future(client.acomplete("stalls", model="openai/gpt-4o"))
     await asyncio.sleep(0.1)
     second = await client.acomplete("queued behind it", model="openai/gpt-4o")  # admitted once the first gives up

@@ -64,7 +64,8 @@ async def test_t18_no_headers_per_attempt_timeout(make_client: Any, server: Fake
         await client.acomplete("hi", model="openai/gpt-4o")
     assert server.calls() == 2 and info.value.attempts == 2
     assert "attempt_timeout" in str(info.value)
-    assert await wait_until(lambda: server.open_connections == 0)  # the client closed its sockets
+    # the client closed its sockets; the server notices when its 6 s delay for attempt 2 is over
+    assert await wait_until(lambda: server.open_connections == 0, timeout=20)
 
 
 async def test_t18_provider_read_timeout_is_mapped(make_client: Any, server: FakeServer) -> None:
@@ -73,22 +74,23 @@ async def test_t18_provider_read_timeout_is_mapped(make_client: Any, server: Fak
         retry={"max_attempts": 1},
         providers={"openai": {"api_base": server.openai_url, "timeout": 0.3}},
     )
-    server.script(Reply(body={"late": True}, delay=1.0))
+    server.script(Reply(body={"late": True}, delay=5.0))  # far past 0.3 s, however late the loop runs
     with pytest.raises(modelwire.ProviderTimeoutError) as info:
         await client.acomplete("hi", model="openai/gpt-4o")
     assert info.value.status is None and info.value.request_sent is True and info.value.retryable
 
 
 async def test_t19_slow_drip_total_deadline(make_client: Any, server: FakeServer) -> None:
-    # a per-read timeout of 0.5 s never fires: a byte arrives every 0.1 s (the body takes ~20 s)
-    client = make_client(middleware=["retry"], retry={"deadline": 1.0},
-                         providers={"openai": {"api_base": server.openai_url, "timeout": 0.5}})
+    # a per-read timeout of 2 s never fires: a byte arrives every 0.1 s (the body takes ~20 s); the
+    # 4 s deadline leaves a loaded machine room to send the request before it
+    client = make_client(middleware=["retry"], retry={"deadline": 4.0},
+                         providers={"openai": {"api_base": server.openai_url, "timeout": 2.0}})
     server.script(Reply(body=Reply.completion("x" * 200).body, drip=0.1))
     await client.awarmup()
     started = time.monotonic()
     with pytest.raises(modelwire.ProviderTimeoutError, match="deadline"):
         await client.acomplete("hi", model="openai/gpt-4o")
-    assert 0.8 < time.monotonic() - started < 10.0  # the deadline, not the ~20 s body
+    assert 3.8 < time.monotonic() - started < 15.0  # the deadline, not the ~20 s body
     assert server.calls() == 1  # the deadline is total: no retry after it
 
 
@@ -100,7 +102,7 @@ async def test_r06_ambiguous_timeout_double_billing(make_client: Any, server: Fa
         retry={"max_attempts": 2, "base_delay": 0.01, "retry_on_timeout": retry_on_timeout},
         providers={"openai": {"api_base": server.openai_url, "timeout": 0.3}},
     )
-    slow = Reply(body=Reply.completion("billed").body, delay=0.8)  # answers after the client gave up
+    slow = Reply(body=Reply.completion("billed").body, delay=5.0)  # answers long after the client gave up
     server.script(slow, slow)
     with capture_events() as logs:
         with pytest.raises(modelwire.ProviderTimeoutError):
@@ -173,7 +175,8 @@ async def test_r07_retry_wraps_request_creation_and_first_chunk(make_client: Any
 
 
 async def test_stream_first_chunk_timeout_is_retried(make_client: Any, server: FakeServer) -> None:
-    client = make_client(middleware=["retry"], retry={"attempt_timeout": 0.3, "base_delay": 0.01})
-    server.script(Reply.stream(["slow"], event_delay=1.0), Reply.stream(["fast"]))
+    client = make_client(middleware=["retry"], retry={"attempt_timeout": 1.5, "base_delay": 0.01})
+    server.script(Reply.stream(["slow"], event_delay=6.0), Reply.stream(["fast"]))
+    await client.awarmup()  # litellm's import is not part of the first attempt's 1.5 s
     text = "".join([c.text async for c in client.astream("hi", model="openai/gpt-4o")])
     assert text == "fast" and server.calls() == 2

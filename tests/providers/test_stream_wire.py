@@ -182,15 +182,17 @@ async def test_s10_keepalive_comments_do_not_reset_idle(make_client, server: Fak
 
 
 async def test_s10_s29_total_duration_cap(make_client, server: FakeServer) -> None:
-    steady = [x for i in range(30) for x in (Pause(0.1), chunk(f"w{i} "))]
+    # a chunk every 0.1 s for 6 s; the 3 s cap (which also covers building and sending the request)
+    # leaves a loaded machine time to receive the first chunks
+    steady = [x for i in range(60) for x in (Pause(0.1), chunk(f"w{i} "))]
     server.script(Reply(events=steady))
-    client = stream_client(make_client, server, max_stream_duration=0.8, idle_timeout=0.5)
+    client = stream_client(make_client, server, max_stream_duration=3.0, idle_timeout=2.0)
     start = time.monotonic()
     _, chunks, error = await collect(client)
     elapsed = time.monotonic() - start
     assert type(error) is modelwire.StreamDurationExceededError and not error.retryable
-    assert 0.72 <= elapsed, elapsed  # never early; fewer than all chunks shows the cap fired
-    assert 0 < len(chunks) < 30 and error.partial_text.startswith("w0 w1")
+    assert 2.7 <= elapsed, elapsed  # never early; fewer than all chunks shows the cap fired
+    assert 0 < len(chunks) < 60 and error.partial_text.startswith("w0 w1")
     await wait_closed(server)
 
 

@@ -141,8 +141,11 @@ async def test_x03_leader_failure_reaches_every_follower_nothing_stored(
 async def test_x06_followers_give_up_at_their_own_deadline(make_client: MakeClient, server: FakeServer) -> None:
     client = make_client(middleware=["cache"])
     server.script(Reply(body=Reply.completion("late").body, delay=30))  # the leader hangs
+    await client.awarmup()
     leader = asyncio.create_task(client.acomplete("same", model=MODEL))
-    await asyncio.sleep(0.2)
+    until = time.monotonic() + 30
+    while server.calls() < 1 and time.monotonic() < until:  # the leader's request is at the server
+        await asyncio.sleep(0.02)
     start = time.monotonic()
     results = await asyncio.gather(
         client.acomplete("same", model=MODEL, options={"cache": {"wait_timeout": 0.3}}),

@@ -102,10 +102,12 @@ def test_remaining_zero_on_a_stream_pauses_until_the_reset(
 async def test_L09_smoothing_keeps_a_short_window_server_from_answering_429(
     make_client: Callable[..., modelwire.Client], server: FakeServer
 ) -> None:
-    server.rate_limit = (1, 0.1)  # like Azure: 10 per second is enforced as 1 per 100 ms
-    limits = [{"match": "openai/*", "rps": 8, "smooth": True}]
+    # like Azure, whose per-second limit is enforced per 100 ms: 1 per 50 ms here, and smoothing at
+    # 4 rps spaces requests 250 ms apart, leaving 200 ms for a loaded machine's send jitter
+    server.rate_limit = (1, 0.05)
+    limits = [{"match": "openai/*", "rps": 4, "smooth": True}]
     client = make_client(middleware=["ratelimit"], ratelimit={"limits": limits})
-    results = await burst(client, 16)
+    results = await burst(client, 10)
     assert all(isinstance(r, modelwire.Completion) for r in results), results
     assert server.rate_limited == 0
 
@@ -113,7 +115,7 @@ async def test_L09_smoothing_keeps_a_short_window_server_from_answering_429(
 async def test_L09_control_without_smoothing_the_burst_gets_429s(
     make_client: Callable[..., modelwire.Client], server: FakeServer
 ) -> None:
-    server.rate_limit = (1, 0.1)
+    server.rate_limit = (1, 1.0)  # a burst of 8 lands within 1 s however loaded the machine is
     limits = [{"match": "openai/*", "rps": 8, "smooth": False}]
     client = make_client(middleware=["ratelimit"], ratelimit={"limits": limits})
     results = await burst(client, 8)
@@ -136,7 +138,8 @@ def test_R09_every_retry_attempt_takes_a_permit(
     server.script(Reply.error(500), Reply.error(500), Reply.completion("third time"))
     assert client.complete("retry me", model=MODEL).text == "third time"
     times = chat_times(server)
-    assert len(times) == 3 and min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.95
+    # 1 s apart at the limiter; a request may reach the server up to 0.2 s later than the one before
+    assert len(times) == 3 and min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.8
     assert client.middleware[1].describe()["admitted"] == 3
 
 
