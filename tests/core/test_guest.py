@@ -119,6 +119,34 @@ json.dump({{"texts": texts, "new": sorted(set(sys.modules) - before)}}, open({st
     assert not result["new"], result["new"]
 
 
+def test_after_warmup_priced_models_load_no_tokenizer(server: FakeServer, tmp_path: Path) -> None:
+    """litellm counts a stream's tokens with tiktoken for a model it prices; loading the gpt-4o
+    family's encoding (o200k_base) took 0.8-3 s on the event loop, right after the first stream
+    ended. ``warmup()`` loads it, so no call loads an encoding afterwards."""
+    out = tmp_path / "out.json"
+    proc = _run(
+        _SETUP
+        + f"""
+client = modelwire.Client(config=CONFIG)
+client.warmup()
+import tiktoken.registry
+before = sorted(tiktoken.registry.ENCODINGS)
+texts = []
+for model in ("openai/gpt-4o", "openai/gpt-4o-mini", "openai/gpt-3.5-turbo", "azure/gpt-4o"):
+    with client.stream("streamed", model=model) as s:
+        texts.append("".join(c.text for c in s))
+    texts.append(client.complete("whole", model=model).text)
+client.close()
+json.dump({{"texts": texts, "before": before, "after": sorted(tiktoken.registry.ENCODINGS)}}, open({str(out)!r}, "w"))
+""",
+        server,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["texts"] == ["echo: streamed", "echo: whole"] * 4
+    assert result["after"] == result["before"], result
+
+
 def test_preload_imports_in_the_background(server: FakeServer, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = _run(
