@@ -235,6 +235,10 @@ _CANONICAL_STRICT_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":")
 #: Values a message may hold for its encoding to be reused: immutable, and never an integral float
 #: (which the cache key writes as an integer).
 _SCALARS = (str, int, bool, type(None))
+#: A message text from which on the ASCII encoder is worth checking for.
+_LONG = 16_384
+#: Each message with its items, as checked.
+_Shape = tuple[tuple[dict[str, Any], tuple[tuple[str, Any], ...]], ...]
 
 
 class Encoded:
@@ -249,7 +253,7 @@ class Encoded:
     __slots__ = ("data", "_messages", "_shape")
 
     def __init__(self, data: bytes, messages: list[dict[str, Any]],
-                 shape: tuple[tuple[dict[str, Any], tuple[tuple[str, Any], ...]], ...] | None) -> None:
+                 shape: _Shape | None) -> None:
         self.data = data
         self._messages = messages
         self._shape = shape
@@ -280,20 +284,24 @@ class Encoded:
         return memoryview(data)[1:end]
 
 
-def _shape(messages: list[dict[str, Any]]) -> tuple[tuple[dict[str, Any], tuple[tuple[str, Any], ...]], ...] | None:
-    """Each message with its items, when all are immutable scalars under string keys; else None."""
+def _shape(messages: list[dict[str, Any]]) -> tuple[_Shape | None, int]:
+    """Each message with its items, when all are immutable scalars under string keys (else None),
+    and the length of the longest string value."""
     out = []
+    longest = 0
     for message in messages:
         items = tuple(message.items())
         for key, value in items:
-            if type(key) is not str or type(value) not in _SCALARS:
-                return None
+            kind = type(value)
+            if type(key) is not str or kind not in _SCALARS:
+                return None, 0
+            if kind is str and len(value) > longest:
+                longest = len(value)
         out.append((message, items))
-    return tuple(out)
+    return tuple(out), longest
 
 
-def _ascii_safe(shape: tuple[tuple[dict[str, Any], tuple[tuple[str, Any], ...]], ...] | None,
-                params: dict[str, Any]) -> bool:
+def _ascii_safe(shape: _Shape | None, params: dict[str, Any]) -> bool:
     """Whether every string of the request is ASCII without DEL (so both encoders agree); False
     when something nested would need a walk to tell."""
     if shape is None:
@@ -320,8 +328,9 @@ def encode_request(messages: list[dict[str, Any]], params: dict[str, Any]) -> tu
 
     :raises RequestValidationError: naming the field, as :func:`check_serializable`.
     """
-    shape = _shape(messages)
-    encoder = _CANONICAL_STRICT_ASCII if _ascii_safe(shape, params) else _CANONICAL_STRICT
+    shape, longest = _shape(messages)
+    # the check costs more than it saves on a short request (the usual one): only for long texts
+    encoder = _CANONICAL_STRICT_ASCII if longest > _LONG and _ascii_safe(shape, params) else _CANONICAL_STRICT
     try:
         data = encoder.encode([messages, params]).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError):

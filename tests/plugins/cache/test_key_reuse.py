@@ -54,7 +54,10 @@ _TEXTS = ["hi", "é ✓ 漢字", 'quote " and \\ backslash', "tab\tnew\nline\x01
 
 
 def _random_request(rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": rng.choice(_TEXTS) + "be brief"}]
+    system = rng.choice(_TEXTS) + "be brief"
+    if rng.random() < 0.25:  # long enough for the ASCII encoder to be considered
+        system = system * 3000 + rng.choice(_TEXTS)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     for _ in range(rng.randint(1, 3)):
         message: dict[str, Any] = {"role": "user", "content": rng.choice(_TEXTS) + "x"}
         if rng.random() < 0.3:
@@ -83,7 +86,7 @@ def test_key_from_the_checked_encoding_is_the_reference_key(make_client: MakeCli
         request = client.request(messages, model=model, stream=i % 2 == 0, **params)
         reused += _reused(request)
         assert cache_of(client).key_for(request) == reference_key(client, request), (messages, params)
-    assert reused > 100  # the reuse is exercised, not only the fallback
+    assert reused > 50  # the reuse is exercised, not only the fallback
 
 
 class Rewriter:
