@@ -4,6 +4,7 @@ that names what was wrong, raised before any middleware or network call."""
 from __future__ import annotations
 
 import json
+from operator import is_
 from typing import Any
 
 from .errors import RequestValidationError
@@ -237,8 +238,8 @@ _CANONICAL_STRICT_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":")
 _SCALARS = (str, int, bool, type(None))
 #: A message text from which on the ASCII encoder is worth checking for.
 _LONG = 16_384
-#: Each message with its items, as checked.
-_Shape = tuple[tuple[dict[str, Any], tuple[tuple[str, Any], ...]], ...]
+#: Each message with its keys and values, as checked.
+_Shape = tuple[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]], ...]
 
 
 class Encoded:
@@ -268,13 +269,12 @@ class Encoded:
         shape = self._shape
         if shape is None or messages is not self._messages or len(messages) != len(shape):
             return None
-        for message, (kept, items) in zip(messages, shape, strict=True):
-            if message is not kept or len(message) != len(items):
-                return None
+        for message, (kept, keys, values) in zip(messages, shape, strict=True):
             # identity, not ==: True == 1 and 1 == 1.0, yet each is written differently
-            for (key, value), (kept_key, kept_value) in zip(message.items(), items, strict=True):
-                if key is not kept_key or value is not kept_value:
-                    return None
+            if message is not kept or len(message) != len(keys) or not (
+                all(map(is_, message, keys)) and all(map(is_, message.values(), values))
+            ):
+                return None
         data = self.data
         # the kept text is "[" messages "," params "]": the params the key writes must be exactly
         # the kept ones for the end of the messages to be known
@@ -285,19 +285,18 @@ class Encoded:
 
 
 def _shape(messages: list[dict[str, Any]]) -> tuple[_Shape | None, int]:
-    """Each message with its items, when all are immutable scalars under string keys (else None),
-    and the length of the longest string value."""
+    """Each message with its keys and values, when all are immutable scalars under string keys
+    (else None), and the length of the longest string value."""
     out = []
     longest = 0
     for message in messages:
-        items = tuple(message.items())
-        for key, value in items:
+        for key, value in message.items():
             kind = type(value)
             if type(key) is not str or kind not in _SCALARS:
                 return None, 0
             if kind is str and len(value) > longest:
                 longest = len(value)
-        out.append((message, items))
+        out.append((message, tuple(message), tuple(message.values())))
     return tuple(out), longest
 
 
@@ -306,8 +305,8 @@ def _ascii_safe(shape: _Shape | None, params: dict[str, Any]) -> bool:
     when something nested would need a walk to tell."""
     if shape is None:
         return False
-    for _, items in shape:
-        for key, value in items:
+    for _, keys, values in shape:
+        for key, value in zip(keys, values, strict=True):
             if not key.isascii() or "\x7f" in key or type(value) is str and (not value.isascii() or "\x7f" in value):
                 return False
     for key, value in params.items():
