@@ -16,12 +16,16 @@ The httpx client is closed by ``Client.aclose()`` or when the loop's work is don
 generator per loop is finalized by ``loop.shutdown_asyncgens()``, which ``asyncio.run`` (and the
 portal at exit) call before closing the loop.
 
-Connection health (issue 9 item 5): httpcore drops an idle pooled connection whose socket has
-become readable (the server closed it) before reusing it. A stream that did not end normally is
-discarded (:meth:`_GuardedTransport.discard`), so its connection never goes back to the pool even
-when its body ended cleanly on the wire: a stream attempt's response is held (:class:`_Held`)
-until the attempt's verdict, because httpx releases a connection as soon as a body is read to its
-end, before modelwire has judged the stream. A request that failed while connecting, or while being
+The pool under that httpx client is aiohttp's (:mod:`.aiohttp_pool`, one session per loop), not
+httpcore's: at 50 concurrent calls httpcore's pool bookkeeping cost modelwire a third of bare
+litellm's throughput (bench row 3c).
+
+Connection health (issue 9 item 5): aiohttp drops an idle pooled connection whose server closed
+it before reusing it. A stream that did not end normally is discarded
+(:meth:`_GuardedTransport.discard`), so its connection never goes back to the pool even when its
+body ended cleanly on the wire: a stream attempt's connection is held (:class:`~.aiohttp_pool.Held`)
+until the attempt's verdict, because the pool takes a connection back as soon as a body ends,
+before modelwire has judged the stream. A request that failed while connecting, or while being
 written (so the server cannot have received a whole request), is resent once on another
 connection; that resend is transparent and is not counted as a retry attempt.
 
@@ -47,6 +51,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
+
+from .aiohttp_pool import Held, Pool
 
 __all__ = ["ATTEMPT_HEADER", "LoopTransport", "Transports", "send"]
 
@@ -103,27 +109,13 @@ def _settle(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-class _Held(httpx.AsyncByteStream):
-    """A stream attempt's body whose release to the pool waits for :meth:`_GuardedTransport.forget`
-    or :meth:`_GuardedTransport.discard`: closing it (httpx does when the body ends) does nothing."""
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self.inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self.inner:
-            yield part
-
-    async def aclose(self) -> None:
-        pass  # released by forget() or discard()
-
-
 class _GuardedTransport(httpx.AsyncBaseTransport):
-    """httpx's own transport, plus one resend of undelivered requests and per-attempt discard."""
+    """The pool (:class:`~.aiohttp_pool.Pool`), plus one resend of undelivered requests and
+    per-attempt hold, release and discard."""
 
     def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport(limits=LoopTransport.limits())
-        self._open: dict[str, _Held] = {}
+        self._pool = Pool(LoopTransport.pool_size())
+        self._open: dict[str, Held] = {}
         self.resends = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -134,43 +126,30 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             call.reached = True
         token = request.headers.pop(ATTEMPT_HEADER, None)
         try:
-            response = await self._inner.handle_async_request(request)
+            response, held = await self._pool.send(request, hold=token is not None)
         except _NOT_DELIVERED:
             self.resends += 1
-            response = await self._inner.handle_async_request(request)
-        if token is not None and isinstance(response.stream, httpx.AsyncByteStream):
-            held = _Held(response.stream)
-            self._open[token] = response.stream = held
+            response, held = await self._pool.send(request, hold=token is not None)
+        if token is not None and held is not None:
+            self._open[token] = held
         return response
 
     async def forget(self, token: str) -> None:
         """Attempt ``token`` ended normally: its connection goes back to the pool."""
         held = self._open.pop(token, None)
         if held is not None:
-            await held.inner.aclose()
+            held.release()
 
     async def discard(self, token: str) -> None:
-        """Release attempt ``token``'s response and close its connection, even if its body ended.
-
-        Closed right after the release, with nothing awaited in between that could suspend:
-        httpcore marks the connection closed before its first await, so a request the pool handed
-        it to meanwhile gets ConnectionNotAvailable and moves on to another connection. (Closing it
-        first does not work: releasing a response that ended whole marks the connection idle again.)
-        """
+        """Close attempt ``token``'s connection, even if its body ended: it was held since the
+        response arrived, so no other request can have been given it."""
         held = self._open.pop(token, None)
-        if held is None:
-            return
-        pool_stream = getattr(held.inner, "_httpcore_stream", None)
-        connection = getattr(getattr(pool_stream, "_pool_request", None), "connection", None)
-        try:
-            await held.inner.aclose()
-        finally:
-            if connection is not None:
-                await connection.aclose()
+        if held is not None:
+            held.close()
 
     async def aclose(self) -> None:
         self._open.clear()
-        await self._inner.aclose()
+        await self._pool.aclose()
 
 
 class LoopTransport:
@@ -184,11 +163,12 @@ class LoopTransport:
         self._finalizer: AsyncIterator[None] | None = None
 
     @staticmethod
-    def limits() -> httpx.Limits:
-        """Pool size: litellm's documented knob ``AIOHTTP_CONNECTOR_LIMIT_PER_HOST`` keeps working
-        (its aiohttp pool is no longer used for our calls); httpx's defaults otherwise."""
-        size = int(os.environ.get("AIOHTTP_CONNECTOR_LIMIT_PER_HOST") or 100)
-        return httpx.Limits(max_connections=size, max_keepalive_connections=min(20, size))
+    def pool_size() -> int:
+        """Most connections open at once: litellm's documented knob
+        ``AIOHTTP_CONNECTOR_LIMIT_PER_HOST`` keeps working (its own pool is not used for our
+        calls); 100 otherwise (httpx's default). Every idle connection is kept alive (httpx kept
+        20: with 50 concurrent calls, 30 connections were closed and reopened per round)."""
+        return int(os.environ.get("AIOHTTP_CONNECTOR_LIMIT_PER_HOST") or 100)
 
     def start(self) -> None:
         """Park a generator that ``loop.shutdown_asyncgens()`` finalizes (closing this client).
