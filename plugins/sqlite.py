@@ -13,7 +13,7 @@ def connect_shared(path: str, timeout: float, **kwargs: Any) -> sqlite3.Connecti
     Switching a new file to WAL takes a lock that SQLite's busy timeout does not wait for: two
     processes opening one new file together see "database is locked" at once. That step is
     retried here until ``timeout``; every later statement waits through the busy timeout."""
-    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False, **kwargs)
+    conn: sqlite3.Connection = sqlite3.connect(path, timeout=timeout, check_same_thread=False, **kwargs)
     deadline, pause = time.monotonic() + timeout, 0.001
     while True:
         try:
