@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import itertools
 import os
@@ -91,8 +92,13 @@ async def send(call: Callable[[], Awaitable[T]], owned: bool) -> T:
         task = asyncio.ensure_future(call())  # the task runs in a copy of this context: it sees state
     finally:
         _call.reset(token)
+    # What asyncio.shield does, minus its result copy and cancel callback: bench row 3c measured
+    # shield at 7-9 % of 50-concurrent throughput over awaiting litellm directly, this at 3-6 %.
+    waiter = task.get_loop().create_future()
+    task.add_done_callback(functools.partial(_wake, waiter))
     try:
-        return await asyncio.shield(task)
+        await waiter
+        return task.result()
     except asyncio.CancelledError:
         if state.reached or task.done():
             task.cancel()
@@ -101,6 +107,11 @@ async def send(call: Callable[[], Awaitable[T]], owned: bool) -> T:
             state.abandoned = True
         task.add_done_callback(_settle)
         raise
+
+
+def _wake(waiter: asyncio.Future[None], _task: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _settle(task: asyncio.Future[Any]) -> None:
