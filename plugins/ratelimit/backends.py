@@ -242,6 +242,22 @@ class MemoryBackend(Backend):
             self.factory.buckets[bucket_id] = _MemoryBucket(rates, refundable)
             self.rates[bucket_id] = rates
 
+    async def acquire(self, bucket_id: str, ticket: str, weight: int) -> float:
+        """What ``Limiter.try_acquire_async(blocking=False)`` does for a memory bucket, without its
+        per-thread asyncio lock and its awaitable checks at every step (a memory bucket's ``put``
+        is synchronous): the limiter cost ~140 us per call (rps + tpm), this saves about a third."""
+        if weight == 0:
+            return 0.0
+        bucket = self.factory.buckets[bucket_id]
+        lock: Any = self.limiter.lock  # an RLock: this limiter was built from a factory
+        if not lock.acquire(blocking=False):
+            return _wait_seconds(None, None, weight, 0)  # another thread holds it: try again at once
+        try:
+            admitted = bucket.put(RateItem(f"{bucket_id}{SEP}{ticket}", _now_ms(bucket), weight))
+        finally:
+            lock.release()
+        return 0.0 if admitted else self._rejected_wait(bucket, weight)
+
     def _rejected_wait(self, bucket: AbstractBucket, weight: int) -> float:
         return _wait_seconds(bucket.failing_rate, bucket._last_wait, weight, _now_ms(bucket))
 
