@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .aiohttp_pool import Held, Pool
+from .litellm_worker import keep_litellm_worker
 
 __all__ = ["ATTEMPT_HEADER", "LoopTransport", "Transports", "send"]
 
@@ -84,6 +85,7 @@ async def send(call: Callable[[], Awaitable[T]], owned: bool) -> T:
     """Await ``call()``, a litellm call, so that a cancellation never drops litellm's request
     coroutine unawaited (see the module docstring). ``owned``: the call goes through this module's
     transport (litellm's ``client=`` is ours); any other call is simply awaited."""
+    keep_litellm_worker()  # before litellm, on another loop than its worker's, drops that task
     if not owned:
         return await call()
     state = _Call()
