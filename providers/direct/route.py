@@ -1,6 +1,6 @@
 """Send the direct route's requests and read their answers.
 
-One pooled ``httpx.AsyncClient`` per event loop and provider instance (the provider's
+One ``httpx.AsyncClient`` over a pooled aiohttp session per event loop and provider instance (the provider's
 :class:`~modelwire.providers.transport.Transports`: closed at ``aclose`` or loop end, a request
 that never reached the server resent once, a stream that did not end cleanly taking its
 connection with it). There is no worker-thread stage as in litellm's calls, so a cancellation
