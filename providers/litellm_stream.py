@@ -37,7 +37,7 @@ from modelwire.types import Chunk, Request
 
 from .errors import detached, map_exception, request_id
 from .transport import send
-from .wire.guard import Clock, Expired, Progress, before, body_bytes, guarded
+from .wire.guard import Clock, Expired, Progress, before, body_bytes, finish_attempt, guarded
 from .wire.stream_parse import EventParser
 
 if TYPE_CHECKING:
@@ -90,11 +90,7 @@ async def stream_chunks(provider: LiteLLMProvider, request: Request) -> AsyncIte
     except ModelwireError as exc:
         failure = exc
     finally:
-        try:
-            if not clean:  # its connection closes before the response goes back to the pool
-                await provider.end_attempt(request, clean=False)
-        finally:
-            await _close(body, wrapper)
+        await finish_attempt(clean, lambda: provider.end_attempt(request, clean=False), lambda: _close(body, wrapper))
     if failure is not None:
         raise detached(failure)
 

@@ -27,7 +27,7 @@ from modelwire.types import Chunk, Completion, Embeddings, Request
 
 from ..errors import detached, map_exception
 from ..wire.answer import RawResponse, completion_from_json, embeddings_from, parse_body
-from ..wire.guard import Clock, Expired, Progress, before, body_bytes, guarded
+from ..wire.guard import Clock, Expired, Progress, before, body_bytes, finish_attempt, guarded
 from ..wire.status import error_for_status, request_id
 from ..wire.stream_parse import EventParser
 from .request import Endpoint
@@ -97,12 +97,9 @@ class DirectRoute:
         except ModelwireError as exc:
             failure = exc
         finally:
-            try:
-                if not clean:  # its connection closes before the response goes back to the pool
-                    await provider.end_attempt(request, clean=False)
-            finally:
-                if response is not None:
-                    await response.aclose()
+            await finish_attempt(
+                clean, lambda: provider.end_attempt(request, clean=False), response and response.aclose
+            )
         if failure is not None:
             raise detached(failure)
 

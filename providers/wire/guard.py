@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from modelwire.errors import (
@@ -34,7 +34,7 @@ from modelwire.types import Chunk
 from .sse import SSEDecoder
 from .stream_parse import DONE, EventParser
 
-__all__ = ["Clock", "Expired", "Progress", "before", "body_bytes", "guarded"]
+__all__ = ["Clock", "Expired", "Progress", "before", "body_bytes", "finish_attempt", "guarded"]
 
 T = TypeVar("T")
 
@@ -201,8 +201,6 @@ class Clock:
         return parser.interrupted(f"no data for idle_timeout = {s.idle_timeout} s", StreamIdleTimeoutError)
 
 
-
-
 async def guarded(body: AsyncIterator[bytes], clock: Clock, progress: Progress) -> AsyncGenerator[Chunk, None]:
     """The chunks of an SSE ``body``; raises a :class:`~modelwire.ModelwireError` for any fault.
 
@@ -300,6 +298,18 @@ async def _drain(body: Any) -> None:
         pass
 
 
+async def finish_attempt(
+    clean: bool, discard: Callable[[], Awaitable[Any]], close: Callable[[], Awaitable[Any]] | None
+) -> None:
+    """End one stream attempt, whichever route opened it: unless it ended ``clean``, ``discard``
+    its connection first (closed before ``close`` hands the response back to the pool); ``close``
+    runs whatever happens."""
+    try:
+        if not clean:
+            await discard()
+    finally:
+        if close is not None:
+            await close()
 
 
 def body_bytes(response: Any) -> AsyncIterator[bytes]:
