@@ -243,29 +243,25 @@ _Shape = tuple[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]], ...]
 
 
 class Encoded:
-    """The strict JSON of ``[messages, params]`` as :func:`encode_request` checked it, kept on the
-    :class:`~modelwire.Request` so that the cache key can reuse the messages' part.
+    """The strict JSON of the messages and of the params as :func:`encode_request` checked them,
+    kept on the :class:`~modelwire.Request` so that the cache key can reuse them.
 
-    The part is handed out only while the messages are provably as they were: the same list of
-    the same dicts holding the same immutable values (``shape``), so a hook or middleware that
-    changes them in place or replaces them makes the key encode them afresh.
+    Each part is handed out only while it is provably as it was: the same list of the same dicts
+    holding the same immutable values (``shape``), the same params dict with the same plain values,
+    so a hook or middleware that changes them in place or replaces them makes the key encode them
+    afresh.
     """
 
-    __slots__ = ("data", "_messages", "_shape")
+    __slots__ = ("_messages", "_messages_json", "_params", "_params_json", "_params_shape", "_shape")
 
-    def __init__(self, data: bytes, messages: list[dict[str, Any]],
-                 shape: _Shape | None) -> None:
-        self.data = data
-        self._messages = messages
-        self._shape = shape
+    def __init__(self, messages: list[dict[str, Any]], messages_json: bytes, shape: _Shape | None,
+                 params: dict[str, Any], params_json: bytes) -> None:
+        self._messages, self._messages_json, self._shape = messages, messages_json, shape
+        self._params, self._params_json = params, params_json
+        self._params_shape = _plain(params)
 
-    def messages_json(self, messages: list[dict[str, Any]], params_json: bytes) -> memoryview | None:
-        """The UTF-8 canonical JSON of ``messages``, or None when it cannot be proven current.
-
-        :param params_json: the canonical JSON the key writes for the params; the kept text
-            holds the messages only when it ends with exactly these params (else they changed,
-            or the key normalised a value, and the messages' end cannot be told).
-        """
+    def messages_json(self, messages: list[dict[str, Any]]) -> bytes | None:
+        """The UTF-8 canonical JSON of ``messages``, or None when it cannot be proven current."""
         shape = self._shape
         if shape is None or messages is not self._messages or len(messages) != len(shape):
             return None
@@ -275,13 +271,27 @@ class Encoded:
                 all(map(is_, message, keys)) and all(map(is_, message.values(), values))
             ):
                 return None
-        data = self.data
-        # the kept text is "[" messages "," params "]": the params the key writes must be exactly
-        # the kept ones for the end of the messages to be known
-        end = len(data) - len(params_json) - 2
-        if end < 2 or data[end] != 0x2C or data[-1] != 0x5D or not data.startswith(params_json, end + 1):
+        return self._messages_json
+
+    def params_json(self, params: dict[str, Any]) -> bytes | None:
+        """The UTF-8 canonical JSON of ``params`` as the cache key writes it, or None when it cannot
+        be proven current and plain (nested values and integral floats take the key's own walk)."""
+        shape = self._params_shape
+        if shape is None or params is not self._params or len(params) != len(shape[0]) or not (
+            all(map(is_, params, shape[0])) and all(map(is_, params.values(), shape[1]))
+        ):
             return None
-        return memoryview(data)[1:end]
+        return self._params_json
+
+
+def _plain(params: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+    """The params' keys and values when each value is written alike by the strict encoder and the
+    cache key (an immutable scalar, never an integral float), else None."""
+    for value in params.values():
+        kind = type(value)
+        if kind not in _SCALARS and (kind is not float or value.is_integer()):
+            return None
+    return tuple(params), tuple(params.values())
 
 
 def _shape(messages: list[dict[str, Any]]) -> tuple[_Shape | None, int]:
@@ -322,8 +332,9 @@ def _ascii_safe(shape: _Shape | None, params: dict[str, Any]) -> bool:
 
 def encode_request(messages: list[dict[str, Any]], params: dict[str, Any]) -> tuple[int, Encoded | None]:
     """Check that the payload is strict JSON in valid UTF-8, as :func:`check_serializable` does,
-    encoding it once; return its size in bytes (compact JSON) and the :class:`Encoded` form the
-    cache key reuses (None when the payload cannot be sorted, e.g. mixed int and str keys).
+    encoding it once; return its size in bytes (compact JSON of ``[messages, params]``) and the
+    :class:`Encoded` form the cache key reuses (None when the payload cannot be sorted, e.g. mixed
+    int and str keys).
 
     :raises RequestValidationError: naming the field, as :func:`check_serializable`.
     """
@@ -331,8 +342,9 @@ def encode_request(messages: list[dict[str, Any]], params: dict[str, Any]) -> tu
     # the check costs more than it saves on a short request (the usual one): only for long texts
     encoder = _CANONICAL_STRICT_ASCII if longest > _LONG and _ascii_safe(shape, params) else _CANONICAL_STRICT
     try:
-        data = encoder.encode([messages, params]).encode("utf-8")
+        messages_json = encoder.encode(messages).encode("utf-8")
+        params_json = encoder.encode(params).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError):
         # a precise error naming the field; or keys that cannot be sorted, which is no error
         return check_serializable(messages, params), None
-    return len(data), Encoded(data, messages, shape)
+    return len(messages_json) + len(params_json) + 3, Encoded(messages, messages_json, shape, params, params_json)

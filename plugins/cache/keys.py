@@ -174,31 +174,55 @@ def default_key(request: Request, provider: Any | None, namespace: str) -> str:
     :param namespace: the tenant namespace, hashed in as well.
     """
     config = getattr(provider, "config", None)
-    params: dict[str, Any] = dict(getattr(config, "params", None) or {})
-    params.update(request.params)
-    for name in IGNORED_PARAMS.intersection(params):
-        del params[name]
+    defaults = getattr(config, "params", None)
     # The document hashed is canonical({"v", "ns", "provider", "kind", "api_base", "api_version",
     # "model", "messages", "params"}), written member by member in its sorted order (each member's
-    # canonical text is its share of the whole's: test_hit_path pins it), so that the messages'
-    # text can come from the encoding Client.request already made (a 1 MB prompt is encoded once).
-    params_json = canonical(params, "params").encode("utf-8", "surrogatepass")
+    # canonical text is its share of the whole's: test_hit_path pins it), so that the messages' and
+    # the params' text can come from the encoding Client.request already made (a 1 MB prompt is
+    # encoded once).
     encoded = request.encoded
-    messages: bytes | memoryview | None = None
-    if encoded is not None:
-        messages = encoded.messages_json(request.messages, params_json)
+    params_json: bytes | None = None
+    if encoded is not None and not defaults and IGNORED_PARAMS.isdisjoint(request.params):
+        params_json = encoded.params_json(request.params)
+    if params_json is None:
+        params: dict[str, Any] = dict(defaults or {})
+        params.update(request.params)
+        for name in IGNORED_PARAMS.intersection(params):
+            del params[name]
+        params_json = canonical(params, "params").encode("utf-8", "surrogatepass")
+    messages = None if encoded is None else encoded.messages_json(request.messages)
     if messages is None:
         messages = canonical(request.messages, "messages").encode("utf-8", "surrogatepass")
-    head = (
-        f'{{"api_base":{_value(getattr(config, "api_base", None), "api_base")},'
-        f'"api_version":{_value(getattr(config, "api_version", None), "api_version")},'
-        f'"kind":{_value(getattr(config, "kind", None), "kind")},"messages":'
-    )
-    middle = f',"model":{_value(request.model, "model")},"ns":{_value(namespace, "ns")},"params":'
-    tail = f',"provider":{_value(request.provider, "provider")},"v":{_value(KEY_VERSION, "v")}}}'
-    digest = hashlib.sha256(head.encode("utf-8", "surrogatepass"))
+    head, middle, tail = _frame(getattr(config, "api_base", None), getattr(config, "api_version", None),
+                                getattr(config, "kind", None), request.model, namespace, request.provider)
+    digest = hashlib.sha256(head)
     digest.update(messages)
-    digest.update(middle.encode("utf-8", "surrogatepass"))
+    digest.update(middle)
     digest.update(params_json)
-    digest.update(tail.encode("utf-8", "surrogatepass"))
+    digest.update(tail)
     return f"{KEY_VERSION}:{digest.hexdigest()}"
+
+
+#: The key document's text around the messages and the params, per provider, model and namespace.
+_frames: dict[tuple[Any, ...], tuple[bytes, bytes, bytes]] = {}
+
+
+def _frame(*members: Any) -> tuple[bytes, bytes, bytes]:
+    """The UTF-8 text before the messages, between them and the params, and after the params, for
+    ``(api_base, api_version, kind, model, ns, provider)``; built once for string members."""
+    plain = all(type(m) is str or m is None for m in members)  # hashable, and equal only when alike
+    frame = _frames.get(members) if plain else None
+    if frame is not None:
+        return frame
+    api_base, api_version, kind, model, namespace, provider = members
+    frame = (
+        f'{{"api_base":{_value(api_base, "api_base")},"api_version":{_value(api_version, "api_version")},'
+        f'"kind":{_value(kind, "kind")},"messages":'.encode("utf-8", "surrogatepass"),
+        f',"model":{_value(model, "model")},"ns":{_value(namespace, "ns")},"params":'.encode(
+            "utf-8", "surrogatepass"),
+        f',"provider":{_value(provider, "provider")},"v":{_value(KEY_VERSION, "v")}}}'.encode(
+            "utf-8", "surrogatepass"),
+    )
+    if plain and len(_frames) < 1024:
+        _frames[members] = frame
+    return frame

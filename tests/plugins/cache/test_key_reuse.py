@@ -41,12 +41,13 @@ def reference_key(client: modelwire.Client, request: Request) -> str:
 
 
 def _reused(request: Request) -> bool:
-    """Whether the key can take the messages' text from the client's check (params as the key writes
-    them: no configured defaults, nothing ignored, no integral float)."""
-    from modelwire.plugins.cache.keys import canonical
+    """Whether the key can take the messages' text from the client's check."""
+    return request.encoded is not None and request.encoded.messages_json(request.messages) is not None
 
-    params_json = canonical(request.params).encode()
-    return request.encoded is not None and request.encoded.messages_json(request.messages, params_json) is not None
+
+def _params_reused(request: Request) -> bool:
+    """Whether the key can take the params' text from the client's check (plain values only)."""
+    return request.encoded is not None and request.encoded.params_json(request.params) is not None
 
 
 _TEXTS = ["hi", "é ✓ 漢字", 'quote " and \\ backslash', "tab\tnew\nline\x01\x1f", "del \x7f", "v1.0,", "1.0]", "",
@@ -79,14 +80,15 @@ def _random_request(rng: random.Random) -> tuple[list[dict[str, Any]], dict[str,
 def test_key_from_the_checked_encoding_is_the_reference_key(make_client: MakeClient) -> None:
     client = make_client(middleware=["cache"])
     rng = random.Random(1414)
-    reused = 0
+    reused = params_reused = 0
     for i in range(400):
         messages, params = _random_request(rng)
         model = rng.choice(["openai/gpt-4o", "local/llama3", "azure/dep"])
         request = client.request(messages, model=model, stream=i % 2 == 0, **params)
         reused += _reused(request)
+        params_reused += _params_reused(request)
         assert cache_of(client).key_for(request) == reference_key(client, request), (messages, params)
-    assert reused > 50  # the reuse is exercised, not only the fallback
+    assert reused > 50 and params_reused > 50  # the reuse is exercised, not only the fallback
 
 
 class Rewriter:
@@ -141,7 +143,7 @@ def test_key_follows_a_change_made_after_the_check(make_client: MakeClient, chan
                                                    prompt: list[dict[str, Any]]) -> None:
     plain = make_client(middleware=["cache"])
     before = plain.request([dict(m) for m in prompt], model="local/llama3", temperature=0)
-    assert _reused(before)  # the unchanged request takes the reuse path
+    assert _reused(before) and _params_reused(before)  # the unchanged request takes the reuse paths
     client = make_client(middleware=["cache"], plugins=[Rewriter(change)])
     request = client.request(prompt, model="local/llama3", temperature=0)
     key = cache_of(client).key_for(request)
