@@ -210,8 +210,10 @@ _frames: dict[tuple[Any, ...], tuple[bytes, bytes, bytes]] = {}
 def _frame(*members: Any) -> tuple[bytes, bytes, bytes]:
     """The UTF-8 text before the messages, between them and the params, and after the params, for
     ``(api_base, api_version, kind, model, ns, provider)``; built once for string members."""
-    plain = all(type(m) is str or m is None for m in members)  # hashable, and equal only when alike
-    frame = _frames.get(members) if plain else None
+    try:
+        frame = _frames.get(members)  # only string members are kept: equal only when written alike
+    except TypeError:  # an unhashable member
+        frame = None
     if frame is not None:
         return frame
     api_base, api_version, kind, model, namespace, provider = members
@@ -223,6 +225,6 @@ def _frame(*members: Any) -> tuple[bytes, bytes, bytes]:
         f',"provider":{_value(provider, "provider")},"v":{_value(KEY_VERSION, "v")}}}'.encode(
             "utf-8", "surrogatepass"),
     )
-    if plain and len(_frames) < 1024:
+    if len(_frames) < 1024 and all(type(m) is str or m is None for m in members):
         _frames[members] = frame
     return frame
