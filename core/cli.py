@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("config", help="the effective configuration, secrets masked").set_defaults(run=_config)
     sub.add_parser("demo", help="a tour against the bundled loopback server (no key needed)").set_defaults(run=_demo)
 
-    commands = build_registry(builtins=COMMAND_PLUGINS).commands  # the Client builds the whole registry
+    # the Client builds the whole registry; the parser needs only the commands
+    commands = build_registry(builtins=COMMAND_PLUGINS, commands_only=True).commands
     for name, (help_text, setup, run) in commands.items():
         p = sub.add_parser(name, help=help_text)
         setup(p)

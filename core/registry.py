@@ -26,7 +26,6 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigurationError, PluginError
-from .log import logger
 
 __all__ = [
     "COMMAND_PLUGINS", "DEFAULT_PLUGINS", "ENTRYPOINT_GROUP", "FastHook", "HookRelay", "PluginManager", "Registry",
@@ -54,8 +53,9 @@ DEFAULT_PLUGINS: list[str] = [
 ]
 
 #: The built-ins that add ``modelwire`` subcommands: the CLI builds its parser from these and the
-#: entry-point plugins only, so ``modelwire --help`` does not import the providers (httpx,
-#: pydantic models: most of its time). A test keeps this list equal to what the built-ins register.
+#: entry-point plugins only (``build_registry(builtins=COMMAND_PLUGINS, commands_only=True)``), so
+#: ``modelwire --help`` does not import the providers (httpx, pydantic models: most of its time).
+#: A test keeps this list equal to what the built-ins register.
 COMMAND_PLUGINS: list[str] = [
     "modelwire.plugins.stats",
     "modelwire.plugins.ratelimit",
@@ -219,13 +219,19 @@ def _entry_points() -> tuple[EntryPoint, ...]:
 
 
 def build_registry(
-    extra: Iterable[object] = (), disable: Iterable[str] = (), builtins: Iterable[str] = DEFAULT_PLUGINS
+    extra: Iterable[object] = (),
+    disable: Iterable[str] = (),
+    builtins: Iterable[str] = DEFAULT_PLUGINS,
+    commands_only: bool = False,
 ) -> Registry:
     """Register the built-in plugins, entry-point plugins and ``extra`` plugin objects.
 
     :param extra: plugin objects or module names registered after the others.
     :param disable: plugin names (module name or entry-point name) not to register.
     :param builtins: the built-in plugin modules to load (all of them but for the CLI's parser).
+    :param commands_only: call only ``modelwire_register_commands`` (the CLI's parser): the other
+        registration hooks import the providers' and middleware's modules (pydantic, dogpile,
+        pyrate-limiter), which ``modelwire --help`` must not pay for.
     """
     pm = PluginManager("modelwire")
     pm.add_hookspecs(hookspecs)
@@ -249,9 +255,10 @@ def build_registry(
             _register(reg, name, functools.partial(load, plugin))
     if blocked:
         _check_disabled(blocked, [*DEFAULT_PLUGINS, *(ep.name for ep in _entry_points()), *extra_names])
-    _collect(reg, "modelwire_register_providers", reg.providers)
-    _collect(reg, "modelwire_register_middleware", reg.middleware)
-    _collect(reg, "modelwire_register_demo_steps", reg.demo_steps)
+    if not commands_only:
+        _collect(reg, "modelwire_register_providers", reg.providers)
+        _collect(reg, "modelwire_register_middleware", reg.middleware)
+        _collect(reg, "modelwire_register_demo_steps", reg.demo_steps)
     _collect(reg, "modelwire_register_commands", reg.commands)
     return reg
 
@@ -290,7 +297,7 @@ def _register(reg: Registry, name: str, load: Callable[[], object]) -> None:
             _check_hook_names(reg.pm, plugin, name)
     except Exception as exc:  # a broken plugin must not stop the others from loading
         reg.failures[name] = f"{type(exc).__name__}: {exc}"
-        logger.error("plugin_failed", plugin=name, error=reg.failures[name])
+        _log_failure(name, reg.failures[name])
 
 
 def _check_hook_names(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
@@ -328,4 +335,12 @@ def _collect(reg: Registry, hook_name: str, into: dict[str, Any]) -> None:
             raise
         except Exception as exc:
             reg.failures[impl.plugin_name] = f"{type(exc).__name__} in {hook_name}: {exc}"
-            logger.error("plugin_failed", plugin=impl.plugin_name, error=reg.failures[impl.plugin_name])
+            _log_failure(impl.plugin_name, reg.failures[impl.plugin_name])
+
+
+def _log_failure(plugin: str, error: str) -> None:
+    # Imported here: structlog (behind modelwire.log) is a fifth of ``modelwire --help``'s time,
+    # and only a broken plugin needs it on that path.
+    from .log import logger
+
+    logger.error("plugin_failed", plugin=plugin, error=error)

@@ -20,17 +20,43 @@ The middleware itself is in :mod:`.middleware`; this module holds the plugin's h
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelwire.hookspecs import hookimpl
-from modelwire.middleware import Middleware
+from modelwire.lazy import lazy_attributes
 from modelwire.types import Completion, Request
 
-from .config import CacheConfig, CacheOptions
 from .keys import default_key
-from .middleware import CacheError, CacheMiddleware, cache_of, default_refusal
+
+if TYPE_CHECKING:
+    from modelwire.middleware import Middleware
+
+    from .admin import CacheError
+    from .config import CacheConfig, CacheOptions
+    from .middleware import CacheMiddleware, cache_of
 
 __all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cache_of", "default_refusal"]
+
+# The middleware and its config import pydantic and dogpile.cache: loaded when a client registers
+# the middleware (or a user imports them), not when ``modelwire --help`` loads the plugin.
+__getattr__ = lazy_attributes(__name__, {
+    "CacheConfig": ".config", "CacheOptions": ".config", "CacheError": ".admin",
+    "CacheMiddleware": ".middleware", "cache_of": ".middleware",
+})
+
+
+def default_refusal(request: Request, response: Completion) -> str | None:
+    """Why the built-in policy refuses to store ``response``, or None when it may be stored
+    (:func:`.middleware.default_refusal`).
+
+    A stand-in that puts the real function in its place on first call: the policy lives beside
+    the middleware, whose imports ``modelwire --help`` must not pay for, and the hook below looks
+    it up as a global of this module (a module ``__getattr__`` does not serve global lookups).
+    """
+    from .middleware import default_refusal as policy
+
+    globals()["default_refusal"] = policy
+    return policy(request, response)
 
 
 # -- hooks ---------------------------------------------------------------------------------------
@@ -38,6 +64,8 @@ __all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cach
 
 @hookimpl
 def modelwire_register_middleware(register: Callable[[str, type[Middleware]], None]) -> None:
+    from .middleware import CacheMiddleware
+
     register("cache", CacheMiddleware)
 
 

@@ -19,43 +19,24 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
-
-from modelwire.config import validate_section
 from modelwire.errors import ConfigurationError
 from modelwire.hookspecs import hookimpl
-from modelwire.log import logger
+from modelwire.lazy import lazy_attributes
 from modelwire.types import Completion, Request, Usage
 
 from .metrics import bucket_of, render
 from .shared import Store, make_store
 
+if TYPE_CHECKING:
+    from .config import StatsConfig
+
 __all__ = ["Recorder", "StatsConfig", "flush", "recorder_of"]
 
 
-class StatsConfig(BaseModel):
-    """The ``[stats]`` section; the backend keys have the shape of ``[ratelimit]``'s."""
-
-    #: memory: this process only; sqlite: the processes of one host; redis: every host.
-    backend: Literal["memory", "sqlite", "redis"] = "memory"
-    path: str | None = None
-    url: str | None = None
-    #: the Redis hash holding the shared counters (give each deployment its own).
-    key: str = "modelwire:stats"
-    #: seconds between two writes of this process's deltas to the shared store.
-    flush_interval: float = Field(default=1.0, gt=0, allow_inf_nan=False)
-    #: seconds a shared-store write may take before it is given up (and retried next flush).
-    timeout: float = Field(default=2.0, gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _backend_needs(self) -> StatsConfig:
-        if self.backend == "sqlite" and not self.path:
-            raise ValueError('path is required with backend = "sqlite" (e.g. path = "/var/tmp/modelwire-stats.sqlite")')
-        if self.backend == "redis" and not self.url:
-            raise ValueError('url is required with backend = "redis" (e.g. url = "redis://host:6379/0")')
-        return self
+# A pydantic model, imported on first use: ``modelwire --help`` loads this plugin for its command.
+__getattr__ = lazy_attributes(__name__, {"StatsConfig": ".config"})
 
 
 class Recorder:
@@ -201,6 +182,8 @@ class Recorder:
             try:
                 self.store.add(deltas)
             except Exception as exc:  # the store is down: keep counting, try again later
+                from modelwire.log import logger  # structlog: not for ``modelwire --help``
+
                 logger.warning("stats.flush_failed", backend=self.store.name, error=f"{type(exc).__name__}: {exc}")
                 return False
             self._flushed = current
@@ -286,6 +269,10 @@ def _plugin_name(client: Any) -> str:
 
 @hookimpl
 def modelwire_client_created(client: Any) -> None:
+    from modelwire.config import validate_section
+
+    from .config import StatsConfig
+
     config: StatsConfig = validate_section(StatsConfig, client.config.stats, "stats")
     client.registry.pm.register(Recorder(config), name=_plugin_name(client))
 
