@@ -45,6 +45,34 @@ def test_malformed_messages(make_client, server: FakeServer, messages: object, f
     assert server.calls() == 0
 
 
+def _circular() -> list[dict[str, object]]:
+    message: dict[str, object] = {"role": "user", "content": "x"}
+    message["me"] = message
+    return [message]
+
+
+def _deep() -> list[dict[str, object]]:
+    nested: list[object] = []
+    inner = nested
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    return [{"role": "user", "content": "x", "deep": nested}]
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [(_circular(), "messages[0] contains itself (a circular reference)"),
+     (_deep(), "messages[0] is nested too deeply for JSON")],
+    ids=["circular", "too-deep"],
+)
+def test_structures_json_cannot_carry(make_client, server: FakeServer, messages: object, fragment: str) -> None:
+    with pytest.raises(RequestValidationError) as info:
+        make_client().complete(messages, model="local/m")
+    assert fragment in str(info.value)
+    assert server.calls() == 0
+
+
 def test_nan_parameter(make_client, server: FakeServer) -> None:
     with pytest.raises(RequestValidationError, match="temperature contains NaN"):
         make_client().complete("hi", model="local/m", temperature=math.nan)

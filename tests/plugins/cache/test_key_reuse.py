@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,22 +154,50 @@ def test_key_follows_a_change_made_after_the_check(make_client: MakeClient, chan
     assert key != cache_of(plain).key_for(before)
 
 
-async def test_a_hit_on_a_large_prompt_encodes_it_once(make_client: MakeClient, server: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    client = make_client(middleware=["cache"])
+# Counts the JSON encodings of a text longer than the prompt in a fresh process, at the stdlib's C
+# encoder: wrapped before modelwire is imported, so that encoders built once at import (the
+# request's check) and per call (json.dumps, JSONEncoder.encode) are all counted.
+_COUNT_ENCODES = """
+import asyncio, json.encoder, os, sys
+real = json.encoder.c_make_encoder
+encoded = []
+
+def counting(*args):
+    encoder = real(*args)
+
+    def encode(value, level):
+        chunks = encoder(value, level)
+        size = sum(map(len, chunks))
+        if size > 1_000_000:
+            encoded.append(size)
+        return chunks
+    return encode
+
+json.encoder.c_make_encoder = counting
+import modelwire
+
+async def main():
+    client = modelwire.Client(config={"middleware": ["cache"], "providers": {"local": {
+        "kind": "openai_compatible", "api_base": os.environ["MW_URL"] + "/v1"}}})
     big = "The quick brown fox. " * 50_000  # ~1 MB
     messages = [{"role": "system", "content": big}, {"role": "user", "content": "Say hi."}]
     first = await client.acomplete(messages, model="local/llama3", temperature=0)
-    encoded: list[int] = []
-    original = json.JSONEncoder.encode
-
-    def counting(self: json.JSONEncoder, o: Any) -> str:
-        text = original(self, o)
-        if len(text) > len(big):
-            encoded.append(len(text))
-        return text
-
-    monkeypatch.setattr(json.JSONEncoder, "encode", counting)
+    before = len(encoded)
     hit = await client.acomplete(messages, model="local/llama3", temperature=0)
-    assert not first.cached and hit.cached and hit.text == first.text and server.calls() == 1
-    assert len(encoded) == 1
+    assert not first.cached and hit.cached and hit.text == first.text, (first, hit)
+    print(before, len(encoded) - before)
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_a_hit_on_a_large_prompt_encodes_it_once(server: Any) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "MW_URL": server.url}
+    done = subprocess.run([sys.executable, "-c", _COUNT_ENCODES], capture_output=True, text=True, timeout=180,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first_call, hit = map(int, done.stdout.split())
+    assert first_call >= 1  # the counting sees the request's check (and litellm's own body)
+    assert hit == 1 and server.calls() == 1
