@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
 from .hookspecs import hookimpl
+from .lazy import lazy_attributes
 from .types import Chunk, Completion, Embeddings, LimitSpec, Request, ToolCall, ToolCallDelta, Usage
 
 if TYPE_CHECKING:
@@ -51,27 +52,16 @@ __all__ = [
     *_errors_all,
 ]
 
-_LAZY = {
-    "Client": "client",
-    "Middleware": "middleware",
-    "MiddlewareContext": "middleware",
-    "Provider": "provider",
-    "ProviderConfig": "provider",
-    "CheckResult": "provider",
-    "AsyncStream": "stream",
-    "SyncStream": "stream",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelwire' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, {
+    "Client": ".client",
+    "Middleware": ".middleware",
+    "MiddlewareContext": ".middleware",
+    "Provider": ".provider",
+    "ProviderConfig": ".provider",
+    "CheckResult": ".provider",
+    "AsyncStream": ".stream",
+    "SyncStream": ".stream",
+})
 
 
 _default: Client | None = None
