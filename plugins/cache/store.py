@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -133,30 +134,71 @@ class Store:
                 return _FAILED
             self._failures = 0
             return result
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor(), fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self.executor(), fn, *args)
+        return await self._settle(op, future, timeout or self.timeout)
+
+    async def acall(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T | Any:
+        """``await fn(*args)`` on the event loop (an asyncio client), with :meth:`call`'s
+        timeout, circuit breaker and counters; returns ``_FAILED`` on any error.
+
+        The client must leave nothing behind when the await is cancelled (redis.asyncio
+        disconnects a connection whose reply it did not read: no late reply reaches the next
+        command on that connection)."""
+        self._check_fork()
+        if self.circuit_open:
+            self.metrics.circuit_skips += 1
+            return _FAILED
+        if sys.version_info < (3, 11):  # no asyncio.timeout: a task, awaited as call() awaits a thread
+            return await self._settle(op, asyncio.ensure_future(fn(*args)), self.timeout)
+        # asyncio.timeout tells its own expiry from the caller's cancellation, which it lets
+        # through (wait_for up to 3.11 may swallow it); no task, no thread hop.
+        timer = asyncio.timeout(self.timeout)
+        try:
+            async with timer:
+                result = await fn(*args)
+        except TimeoutError as exc:
+            if timer.expired():
+                self._timed_out(op, self.timeout)
+            else:
+                self._failure(op, exc)
+            return _FAILED
+        except Exception as exc:
+            self._failure(op, exc)
+            return _FAILED
+        self._success(asyncio.get_running_loop())
+        return result
+
+    async def _settle(self, op: str, future: asyncio.Future[Any], timeout: float) -> Any:
+        """The result of ``future`` within ``timeout``, or ``_FAILED``; a cancellation of the
+        caller cancels ``future`` and propagates."""
         try:
             # asyncio.wait, not wait_for: up to 3.11 wait_for may swallow the caller's
             # cancellation when it races with the result; wait never does.
-            done, _ = await asyncio.wait((future,), timeout=timeout or self.timeout)
+            done, _ = await asyncio.wait((future,), timeout=timeout)
         except BaseException:
-            future.cancel()  # not started yet: never run it; running: its result is dropped
+            _abandon(future)  # not started yet: never run it; running: its result is dropped
             raise
         if not done:
-            future.cancel()
-            self.metrics.timeouts += 1
-            self._failure(op, TimeoutError(f"no answer within {timeout or self.timeout} s"))
+            _abandon(future)
+            self._timed_out(op, timeout)
             return _FAILED
         try:
             result = future.result()
         except Exception as exc:
             self._failure(op, exc)
             return _FAILED
+        self._success(future.get_loop())
+        return result
+
+    def _timed_out(self, op: str, timeout: float) -> None:
+        self.metrics.timeouts += 1
+        self._failure(op, TimeoutError(f"no answer within {timeout} s"))
+
+    def _success(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._failures >= self.circuit_failures:
             logger.warning("cache.backend_recovered", backend=self.backend.name)
         self._failures = 0
         self._maybe_flush(loop)
-        return result
 
     @staticmethod
     def failed(result: Any) -> bool:
@@ -183,7 +225,10 @@ class Store:
     # -- operations ---------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        result = await self.call("get", self.backend.get, key)
+        if self.backend.async_get:  # the hit path: no thread hop
+            result = await self.acall("get", self.backend.aget, key)
+        else:
+            result = await self.call("get", self.backend.get, key)
         if self.failed(result) or result is None:
             return None
         self.metrics.bytes_read += len(result)
@@ -240,6 +285,10 @@ class Store:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         try:
+            await self.backend.aclose()
+        except Exception:
+            pass
+        try:
             self.backend.close()
         except Exception:
             pass
@@ -250,6 +299,12 @@ def _release(mutex: DistributedLock) -> None:
         mutex.release()
     except Exception as exc:  # the lock expired (lock_timeout) and someone else may hold it now
         logger.warning("cache.lock_release_failed", error_class=type(exc).__name__)
+
+
+def _abandon(future: asyncio.Future[Any]) -> None:
+    """Cancel ``future``; a task that still ends with an error is not reported as unretrieved."""
+    future.cancel()
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _quiet(fn: Callable[..., Any], *args: Any) -> None:

@@ -190,11 +190,27 @@ async def test_c16_sync_backends_run_off_the_event_loop(make_client: MakeClient,
 
     for name in ("get", "set"):
         setattr(backend_obj, name, on_thread(getattr(backend_obj, name)))
+    reads = {"now": 0, "most": 0, "count": 0}  # Redis reads: redis.asyncio on the loop, never blocking it
+    if backend_obj.async_get:
+        aget = backend_obj.aget
+
+        async def overlapping(key: str) -> bytes | None:
+            reads["now"] += 1
+            reads["count"] += 1
+            reads["most"] = max(reads["most"], reads["now"])
+            try:
+                return await aget(key)
+            finally:
+                reads["now"] -= 1
+
+        backend_obj.aget = overlapping  # type: ignore[method-assign]
     await asyncio.gather(*[client.acomplete(f"q{i}", model=MODEL) for i in range(20)])
     calls = server.calls()
     proxy.delay = 0.05  # every Redis reply takes 50 ms: 100 of them inline would stall the loop for 5 s
     results = await asyncio.gather(*[client.acomplete(f"q{i % 20}", model=MODEL) for i in range(100)])
     proxy.close()
     assert all(r.cached for r in results) and server.calls() == calls
-    assert len(threads) >= 140  # 20 misses (get + set) and 100 hits
+    assert len(threads) + reads["count"] >= 140  # 20 misses (get + set) and 100 hits
     assert threading.get_ident() not in threads, "a backend call ran on the event loop's thread"
+    if backend == "redis":  # a read blocking the loop would hold the others back: one at a time
+        assert reads["count"] >= 120 and reads["most"] > 1, reads

@@ -1,0 +1,140 @@
+"""The Redis cache's reads on the event loop: one ``redis.asyncio`` client per event loop.
+
+Why: a hit through the sync client (redis-py in the cache's worker threads) paid a thread hop
+(``run_in_executor`` and the wake-up back on the loop, 110-180 us p50 on a loaded 2-core machine)
+on top of the round trip; an asyncio client reads on the loop without blocking it (bench row 5).
+Only the hit path's GET moves: writes, locks, clear and stats stay on the sync client in threads
+(dogpile's distributed lock is synchronous, and a write is off the caller's path anyway).
+
+An asyncio connection belongs to the loop that opened it (driving it from another loop shifts
+replies between callers: matrix C20, litellm#39319), and the portal loop and a host's loop both
+call, so each loop gets its own client, created on its first read. It is closed by
+:meth:`LoopClients.aclose` (the cache middleware's ``aclose``, for the loop it runs on) or, for a
+loop that never called it, when that loop's work is done: a parked async generator is finalized
+by ``loop.shutdown_asyncgens()``, which ``asyncio.run`` and the portal call before closing the loop
+(the same idea as the provider transports' ``_close_at_loop_end``).
+
+A forked child never touches its parent's connections (they are the parent's sockets): they are
+kept, unused and unclosed, for the child's lifetime (closing or collecting them would warn, and
+for TLS write on the parent's session), and the child opens its own on its first read.
+
+A cancelled or timed-out read leaves no half-read reply on a pooled connection: redis-py (>= 4.5.4,
+CVE-2023-28858/28859) disconnects a connection whose read did not finish (matrix C15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+__all__ = ["LoopClients"]
+
+#: Per-loop clients inherited from a parent process: held so they are never collected (their
+#: ``__del__`` would warn about "unclosed Connection" and close the parent's sockets' copies).
+_inherited: list[Any] = []
+
+
+class _Owned:
+    """One loop's client, and the parked generator that closes it when the loop ends."""
+
+    __slots__ = ("client", "pid", "finalizer")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.finalizer: Any = None
+
+    def park(self, clients: LoopClients) -> None:
+        """Start the generator that ``loop.shutdown_asyncgens()`` finalizes: its first step only
+        reaches the ``yield`` (nothing awaited), so it is driven by hand; starting it registers
+        it with the running loop's async-generator hooks."""
+        self.finalizer = _close_at_loop_end(clients, self)
+        try:
+            self.finalizer.__anext__().send(None)
+        except StopIteration:
+            pass
+
+
+async def _close_at_loop_end(clients: LoopClients, owned: _Owned) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        # forgotten first: the generator holds its loop (its finalizer hook), which would keep
+        # every ended loop alive as long as the client does
+        clients.forget(owned)
+        if owned.pid == os.getpid():  # a parent's connections are never closed by a child
+            await owned.client.aclose()
+
+
+class LoopClients:
+    """A ``redis.asyncio.Redis`` per event loop for ``url``, with the sync client's settings:
+    ``timeout`` as socket and connect timeout, no retries (the store's circuit breaker decides
+    when to try again), no health-check PINGs."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Owned] = weakref.WeakKeyDictionary()
+        _live.add(self)
+
+    def current(self) -> Any:
+        """The running loop's client, created on first use (call from a coroutine)."""
+        loop = asyncio.get_running_loop()
+        owned = self._by_loop.get(loop)
+        if owned is None:
+            owned = self._by_loop[loop] = _Owned(self._new_client())
+            owned.park(self)
+        return owned.client
+
+    def _new_client(self) -> Any:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        return aioredis.Redis.from_url(
+            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self.current().get(key)
+        return None if value is None else bytes(value)
+
+    async def aclose(self) -> None:
+        """Close the running loop's client; other loops' clients close when their loop ends."""
+        owned = self._by_loop.get(asyncio.get_running_loop())
+        if owned is not None:
+            await owned.finalizer.aclose()  # runs its ``finally``: forgotten, then closed
+
+    def forget(self, owned: _Owned) -> None:
+        for loop, mine in list(self._by_loop.items()):
+            if mine is owned:
+                del self._by_loop[loop]
+
+    def after_fork(self) -> None:
+        """In a forked child: keep the parent's clients out of reach (never used, never closed)."""
+        if self._by_loop:
+            _inherited.extend(self._by_loop.values())
+            self._by_loop = weakref.WeakKeyDictionary()
+
+    def open_loops(self) -> int:
+        """How many event loops have an open client (tests check that none is left)."""
+        return len(self._by_loop)
+
+
+# Live instances, cleared in a forked child before it runs any code of its own: the parent's
+# loop objects may be collected in the child before its first cache call, which would drop (and
+# warn about) the parent's clients.
+_live: weakref.WeakSet[LoopClients] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for clients in list(_live):
+        clients.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
