@@ -249,7 +249,7 @@ def _canonical_strict(ensure_ascii: bool) -> Callable[[Any], str]:
     Without the circular-reference check (``markers=None``): a list or dict that holds itself
     raises RecursionError, which :func:`encode_request` hands to the precise check."""
     options: dict[str, Any] = {"sort_keys": True, "separators": (",", ":"), "allow_nan": False}
-    make = json.encoder.c_make_encoder
+    make = getattr(json.encoder, "c_make_encoder", None)  # not in the stubs: CPython's C accelerator
     if make is None:  # no C accelerator (another interpreter): the stdlib's encoder as it is
         return json.JSONEncoder(ensure_ascii=ensure_ascii, **options).encode
     strings = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring

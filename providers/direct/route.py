@@ -98,7 +98,8 @@ class DirectRoute:
             failure = exc
         finally:
             await finish_attempt(
-                clean, lambda: provider.end_attempt(request, clean=False), response and response.aclose
+                clean, lambda: provider.end_attempt(request, clean=False),
+                None if response is None else response.aclose,
             )
         if failure is not None:
             raise detached(failure)
