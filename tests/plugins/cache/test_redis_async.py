@@ -231,3 +231,28 @@ def test_forked_child_reads_on_its_own_connection(make_client: MakeClient, serve
     assert cache_of(client).metrics.errors == 0 and server.calls() == 1
     client.close()
     checker.close()
+
+
+REDIS_PASSWORD = "p4ss-SECRET-7731"
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_read_errors_never_show_the_redis_password(make_client: MakeClient, server: FakeServer,
+                                                         own_redis: RedisServer, reachable: bool) -> None:
+    """A URL with a wrong password (the server wants another one) or no Redis at all: the read's
+    warnings name the error, never the password."""
+    from modelwire.testing.redis import free_port
+
+    if reachable:
+        redis.Redis.from_url(own_redis.url).config_set("requirepass", "another-one")
+    port = own_redis.port if reachable else free_port()
+    url = f"redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+    client = make_client(middleware=["cache"], cache=redis_cache(url, circuit_failures=1000, distributed_lock=False))
+    with capture_events() as logs:
+        for _ in range(2):
+            assert (await client.acomplete("q", model=MODEL)).text == "echo: q"
+    reads = [e for e in logs if e["event"] == "cache.backend_error" and e["op"] == "get"]
+    assert len(reads) == 2, logs
+    assert REDIS_PASSWORD not in json.dumps(logs, default=str)
+    assert cache_of(client).metrics.errors >= 2
+    await client.aclose()
