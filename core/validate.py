@@ -358,7 +358,7 @@ def _shape(messages: list[dict[str, Any]]) -> tuple[_Shape | None, int]:
 def _messages_text(shape: _Shape) -> str:
     """The canonical JSON of the messages ``shape`` holds, long texts by :func:`_long_string`
     (pieces joined once: each concatenation would copy a long text again)."""
-    out = []
+    out: list[str] = []
     for _, keys, values in shape:
         out.append(",{" if out else "[{")
         comma = ""

@@ -14,7 +14,7 @@ So modelwire builds the SDK client itself, per event loop and provider instance,
 ``httpx.AsyncClient`` it owns, and passes it as ``client=``: litellm neither caches nor owns it.
 The httpx client is closed by ``Client.aclose()`` or when the loop's work is done: a parked async
 generator per loop is finalized by ``loop.shutdown_asyncgens()``, which ``asyncio.run`` (and the
-portal at exit) call before closing the loop.
+portal at exit) call before closing the loop (:func:`modelwire.loops.close_at_loop_end`).
 
 The pool under that httpx client is aiohttp's (:mod:`.aiohttp_pool`, one session per loop), not
 httpcore's: at 50 concurrent calls httpcore's pool bookkeeping cost modelwire a third of bare
@@ -52,6 +52,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
+
+from modelwire.loops import close_at_loop_end
 
 from .aiohttp_pool import Held, Pool
 from .litellm_worker import keep_litellm_worker
@@ -184,17 +186,8 @@ class LoopTransport:
         return int(os.environ.get("AIOHTTP_CONNECTOR_LIMIT_PER_HOST") or 100)
 
     def start(self) -> None:
-        """Park a generator that ``loop.shutdown_asyncgens()`` finalizes (closing this client).
-
-        Its first step only reaches the ``yield`` (nothing to await), so it is driven here by hand;
-        starting it registers it with the running loop's async-generator hooks.
-        """
-        self._finalizer = _close_at_loop_end(self)
-        step = self._finalizer.__anext__()
-        try:
-            step.send(None)  # type: ignore[attr-defined]
-        except StopIteration:
-            pass
+        """Close this client when its loop ends (call from a coroutine on that loop)."""
+        self._finalizer = close_at_loop_end(self.aclose)
 
     def sdk_client(self, kind: str, key: str, **params: Any) -> Any:
         """The cached ``AsyncOpenAI`` (``kind="openai"``) or ``AsyncAzureOpenAI`` client."""
@@ -214,13 +207,6 @@ class LoopTransport:
         self.closed = True
         self.sdk_clients.clear()
         await self.http.aclose()
-
-
-async def _close_at_loop_end(owner: LoopTransport) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        await owner.aclose()
 
 
 class Transports:

@@ -12,7 +12,7 @@ call, so each loop gets its own client, created on its first read. It is closed 
 :meth:`LoopClients.aclose` (the cache middleware's ``aclose``, for the loop it runs on) or, for a
 loop that never called it, when that loop's work is done: a parked async generator is finalized
 by ``loop.shutdown_asyncgens()``, which ``asyncio.run`` and the portal call before closing the loop
-(the same idea as the provider transports' ``_close_at_loop_end``).
+(:func:`modelwire.loops.close_at_loop_end`, as the provider transports).
 
 A forked child never touches its parent's connections (they are the parent's sockets): they are
 kept, unused and unclosed, for the child's lifetime (closing or collecting them would warn, and
@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
+
+from modelwire.loops import close_at_loop_end
 
 __all__ = ["LoopClients"]
 
@@ -48,25 +50,16 @@ class _Owned:
         self.finalizer: Any = None
 
     def park(self, clients: LoopClients) -> None:
-        """Start the generator that ``loop.shutdown_asyncgens()`` finalizes: its first step only
-        reaches the ``yield`` (nothing awaited), so it is driven by hand; starting it registers
-        it with the running loop's async-generator hooks."""
-        self.finalizer = _close_at_loop_end(clients, self)
-        try:
-            self.finalizer.__anext__().send(None)
-        except StopIteration:
-            pass
+        """Close this client when its loop ends (call from a coroutine on that loop)."""
+        self.finalizer = close_at_loop_end(partial(_close, clients, self))
 
 
-async def _close_at_loop_end(clients: LoopClients, owned: _Owned) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        # forgotten first: the generator holds its loop (its finalizer hook), which would keep
-        # every ended loop alive as long as the client does
-        clients.forget(owned)
-        if owned.pid == os.getpid():  # a parent's connections are never closed by a child
-            await owned.client.aclose()
+async def _close(clients: LoopClients, owned: _Owned) -> None:
+    # forgotten first: the parked generator holds its loop (its finalizer hook), which would keep
+    # every ended loop alive as long as the client does
+    clients.forget(owned)
+    if owned.pid == os.getpid():  # a parent's connections are never closed by a child
+        await owned.client.aclose()
 
 
 class LoopClients:
