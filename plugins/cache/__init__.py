@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from .admin import CacheError
     from .config import CacheConfig, CacheOptions
-    from .middleware import CacheMiddleware, cache_of
+    from .middleware import CacheMiddleware, cache_of, default_refusal
 
 __all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cache_of", "default_refusal"]
 
@@ -41,22 +41,8 @@ __all__ = ["CacheConfig", "CacheError", "CacheMiddleware", "CacheOptions", "cach
 # the middleware (or a user imports them), not when ``modelwire --help`` loads the plugin.
 __getattr__ = lazy_attributes(__name__, {
     "CacheConfig": ".config", "CacheOptions": ".config", "CacheError": ".admin",
-    "CacheMiddleware": ".middleware", "cache_of": ".middleware",
+    "CacheMiddleware": ".middleware", "cache_of": ".middleware", "default_refusal": ".middleware",
 })
-
-
-def default_refusal(request: Request, response: Completion) -> str | None:
-    """Why the built-in policy refuses to store ``response``, or None when it may be stored
-    (:func:`.middleware.default_refusal`).
-
-    A stand-in that puts the real function in its place on first call: the policy lives beside
-    the middleware, whose imports ``modelwire --help`` must not pay for, and the hook below looks
-    it up as a global of this module (a module ``__getattr__`` does not serve global lookups).
-    """
-    from .middleware import default_refusal as policy
-
-    globals()["default_refusal"] = policy
-    return policy(request, response)
 
 
 # -- hooks ---------------------------------------------------------------------------------------
@@ -76,6 +62,8 @@ def modelwire_cache_key(request: Request) -> str | None:
 
 @hookimpl(trylast=True)
 def modelwire_cache_should_store(request: Request, response: Completion) -> bool | None:
+    from .middleware import default_refusal
+
     return default_refusal(request, response) is None
 
 
