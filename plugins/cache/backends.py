@@ -8,7 +8,8 @@ Every backend here is synchronous. ``offload`` says whether the middleware must 
 worker thread (file, redis: real I/O) or may call it inline on the event loop (memory, null:
 dict work that takes microseconds, where a thread hop would cost more than the work). The one
 exception is Redis's read, which also has an asyncio twin (``async_get``, :meth:`Backend.aget`):
-the hit path reads on the event loop, without the thread hop (:mod:`.redis_async`).
+the hit path reads on the event loop, without the thread hop. The Redis backend is in
+:mod:`.redis_backend`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from dogpile.cache import api as _api
 from dogpile.cache.backends import file as _file
 from dogpile.cache.backends import memory as _memory
 
-from .redis_async import LoopClients
-
 __all__ = [
     "STATS_KEY",
     "Backend",
@@ -33,8 +32,8 @@ __all__ = [
     "LRUDict",
     "MemBackend",
     "NullBackend",
-    "RedisCacheBackend",
     "Stored",
+    "key_text",
 ]
 
 # dogpile.cache ships no type hints: its backends are handled as Any.
@@ -290,14 +289,15 @@ class FileBackend(Backend):
     def clear(self, namespace: str | None = None) -> int:
         with self._dogpile._dbm_file(True) as db:
             prefix = None if namespace is None else namespace + ":"
-            keys = [k for k in db.keys() if _text(k) != STATS_KEY and (prefix is None or _text(k).startswith(prefix))]
+            texts = {k: key_text(k) for k in db.keys()}
+            keys = [k for k, text in texts.items() if text != STATS_KEY and (prefix is None or text.startswith(prefix))]
             for k in keys:
                 del db[k]
         return len(keys)
 
     def count(self) -> int:
         with self._dogpile._dbm_file(False) as db:
-            return sum(1 for k in db.keys() if _text(k) != STATS_KEY)
+            return sum(1 for k in db.keys() if key_text(k) != STATS_KEY)
 
     def add_stats(self, deltas: dict[str, int]) -> None:
         with self._dogpile._dbm_file(True) as db:  # the write lock makes read-modify-write atomic
@@ -317,113 +317,6 @@ class FileBackend(Backend):
                 return {}
 
 
-class RedisCacheBackend(Backend):
-    """dogpile's RedisBackend (sync redis-py), keys under ``key_prefix``, native expiry per entry,
-    and dogpile's distributed lock (a Redis lock that expires after ``lock_timeout``)."""
-
-    name = "redis"
-    offload = True
-    async_get = True
-
-    def __init__(self, url: str, key_prefix: str, timeout: float, lock_timeout: float) -> None:
-        from dogpile.cache.backends import redis as _redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        self.prefix = key_prefix
-        self.lock_timeout = lock_timeout
-        redis_backend: Any = _redis.RedisBackend
-        self._dogpile: Any = redis_backend(
-            {
-                "url": url,
-                "socket_timeout": timeout,
-                "socket_connect_timeout": timeout,
-                "distributed_lock": True,
-                "thread_local_lock": False,
-                "lock_timeout": lock_timeout,
-                "lock_sleep": 0.02,
-                # wait a little longer than a lock can live: a crashed holder's lock expires first
-                "lock_blocking_timeout": lock_timeout + 1.0,
-                # redis-py retries timeouts 3 times by default: that would multiply the cache
-                # timeout; modelwire's circuit breaker decides when to try again instead.
-                "connection_kwargs": {"retry": Retry(NoBackoff(), 0), "health_check_interval": 0},
-            }
-        )
-        self.client = self._dogpile.writer_client
-        self.reads = LoopClients(url, timeout)  # same server, timeouts and no-retry policy
-
-    def get(self, key: str) -> bytes | None:
-        value = self._dogpile.get_serialized(self.prefix + key)
-        return None if value is NO_VALUE else bytes(value)
-
-    async def aget(self, key: str) -> bytes | None:
-        return await self.reads.get(self.prefix + key)
-
-    def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        if ttl:
-            self.client.set(self.prefix + key, value, px=max(1, int(ttl * 1000)))
-        else:
-            self.client.set(self.prefix + key, value)
-
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
-        values = self.client.mget([self.prefix + key for key in keys]) if keys else []
-        return [None if v is None else bytes(v) for v in values]
-
-    def set_many(self, items: list[tuple[str, bytes]], ttl: float | None) -> None:
-        pipe = self.client.pipeline(transaction=False)  # one round trip
-        for key, value in items:
-            pipe.set(self.prefix + key, value, px=max(1, int(ttl * 1000)) if ttl else None)
-        pipe.execute()
-
-    def delete(self, key: str) -> None:
-        self._dogpile.delete(self.prefix + key)
-
-    def _scan(self, namespace: str | None) -> list[bytes]:
-        pattern = _glob_escape(self.prefix + (namespace + ":" if namespace is not None else "")) + "*"
-        stats = (self.prefix + STATS_KEY).encode()
-        return [k for k in self.client.scan_iter(match=pattern, count=1000) if k != stats]
-
-    def clear(self, namespace: str | None = None) -> int:
-        keys = self._scan(namespace)
-        for i in range(0, len(keys), 500):
-            self.client.delete(*keys[i : i + 500])
-        return len(keys)
-
-    def count(self) -> int:
-        return len(self._scan(None))
-
-    def lock_name(self, key: str) -> str:
-        """The Redis key of the distributed lock for ``key`` (tests simulate a crashed holder)."""
-        return str(self._dogpile.lock_template.format(self.prefix + key))
-
-    def mutex(self, key: str) -> DistributedLock | None:
-        lock: DistributedLock | None = self._dogpile.get_mutex(self.prefix + key)
-        return lock
-
-    def add_stats(self, deltas: dict[str, int]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for name, n in deltas.items():
-            pipe.hincrby(self.prefix + STATS_KEY, name, n)
-        pipe.execute()
-
-    def read_stats(self) -> dict[str, int]:
-        raw = self.client.hgetall(self.prefix + STATS_KEY)
-        return {_text(k): int(v) for k, v in raw.items()}
-
-    def close(self) -> None:
-        self.client.close()
-
-    async def aclose(self) -> None:
-        await self.reads.aclose()
-
-    def after_fork(self) -> None:
-        self.reads.after_fork()
-
-
-def _text(key: bytes | str) -> str:
+def key_text(key: bytes | str) -> str:
+    """A backend key as text (dbm and redis-py hand keys back as bytes)."""
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-

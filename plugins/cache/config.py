@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelwire.errors import ConfigurationError
 
-from .backends import Backend, FileBackend, MemBackend, NullBackend, RedisCacheBackend
+from .backends import Backend, FileBackend, MemBackend, NullBackend
 from .keys import NAMESPACE_RE
+from .redis_backend import RedisCacheBackend
 
 __all__ = ["CacheConfig", "CacheOptions", "check_namespace", "make_backend"]
 

@@ -28,7 +28,7 @@ MODEL = "openai/gpt-4o"
 
 
 def _reads(client: modelwire.Client) -> Any:
-    """The backend's per-loop asyncio clients (:class:`~modelwire.plugins.cache.redis_async.LoopClients`)."""
+    """The backend's per-loop asyncio clients (:class:`~modelwire.plugins.cache.redis_backend.LoopClients`)."""
     return cache_of(client).store.backend.reads  # type: ignore[attr-defined]
 
 
