@@ -17,10 +17,10 @@ import json
 import os
 import sqlite3
 import threading
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from modelwire.forks import reset_after_fork
 from modelwire.plugins.sqlite import connect_shared
 
 __all__ = ["Charge", "MemoryStore", "Record", "RedisStore", "SQLiteStore", "Store", "make_store"]
@@ -83,7 +83,7 @@ class MemoryStore:
         self._records: dict[str, Record] = {}
         self._expires: dict[str, float] = {}
         self._lock = threading.Lock()
-        _forkable.add(self)
+        reset_after_fork(self, MemoryStore._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()  # a lock held by another thread at fork stays held forever
@@ -139,7 +139,7 @@ class SQLiteStore:
         self._pid = 0
         self._lock = threading.Lock()  # one connection, used by one thread at a time
         self._pruned = 0.0
-        _forkable.add(self)
+        reset_after_fork(self, SQLiteStore._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -294,17 +294,6 @@ class RedisStore:
         self.client.close()
 
 
-# Stores whose locks and connections a forked child must not inherit.
-_forkable: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for store in list(_forkable):
-        store._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def make_store(config: Any) -> Store:

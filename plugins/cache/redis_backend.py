@@ -31,6 +31,7 @@ import weakref
 from functools import partial
 from typing import Any
 
+from modelwire.forks import reset_after_fork
 from modelwire.loops import close_at_loop_end
 
 from .backends import NO_VALUE, STATS_KEY, Backend, DistributedLock, key_text
@@ -74,7 +75,10 @@ class LoopClients:
         self.url = url
         self.timeout = timeout
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Owned] = weakref.WeakKeyDictionary()
-        _live.add(self)
+        # cleared in a forked child before it runs any code of its own: the parent's loop objects
+        # may be collected in the child before its first cache call, which would drop (and warn
+        # about) the parent's clients
+        reset_after_fork(self, LoopClients.after_fork)
 
     def current(self) -> Any:
         """The running loop's client, created on first use (call from a coroutine)."""
@@ -119,21 +123,6 @@ class LoopClients:
     def open_loops(self) -> int:
         """How many event loops have an open client (tests check that none is left)."""
         return len(self._by_loop)
-
-
-# Live instances, cleared in a forked child before it runs any code of its own: the parent's
-# loop objects may be collected in the child before its first cache call, which would drop (and
-# warn about) the parent's clients.
-_live: weakref.WeakSet[LoopClients] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for clients in list(_live):
-        clients.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RedisCacheBackend(Backend):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import weakref
 from collections import defaultdict
@@ -35,6 +34,7 @@ from modelwire.errors import (
     RateLimiterUnavailableError,
     RateLimitExceeded,
 )
+from modelwire.forks import reset_after_fork
 from modelwire.log import logger
 from modelwire.types import LimitSpec, Request, Usage
 
@@ -141,7 +141,7 @@ class Engine:
         self.plans: dict[str, Plan] = {}
         self._down_until = 0.0
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
-        _live.add(self)
+        reset_after_fork(self, Engine.after_fork)
 
     def after_fork(self) -> None:
         """Called in a forked child (gunicorn --preload, multiprocessing fork): the parent's
@@ -471,19 +471,6 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
-
-
-# Live engines, reset in a forked child before it runs any code of its own.
-_live: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_live):
-        engine.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _quiet(update: Any) -> None:
